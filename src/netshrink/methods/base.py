@@ -1,0 +1,67 @@
+"""The small interface every way of deciding implements.
+
+A method is built with its options (``tol``, ``keep``, ...). For each cut it names the
+statistic it needs from the calibration data (``statistic``) and, from that statistic
+and the consumer layer alone, decides which neurons to keep and the consumer's new
+input weights (``decide``). Methods never touch modules: rewriting is done elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..graph import Cut
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do at one cut.
+
+    Attributes:
+        kept: ``(k,)`` int64, ascending indices of the producer's neurons to keep.
+        consumer_weight: ``(out, k)`` new input weights of the consumer, column ``j``
+            multiplying neuron ``kept[j]``.
+        error_bound: the method's bound on the reconstruction error (see the method).
+    """
+
+    kept: torch.Tensor
+    consumer_weight: torch.Tensor
+    error_bound: float
+
+
+class Method(Protocol):
+    name: str
+
+    def statistic(self, cut: Cut) -> object:
+        """A fresh accumulator with ``update(rows: (b, width))`` for this cut."""
+
+    def decide(self, cut: Cut, statistic: object, consumer: nn.Linear) -> Decision:
+        """Choose the neurons to keep and the consumer's new input weights."""
+
+
+def check_budget(tol: float | None, keep: float | None) -> None:
+    """Exactly one of ``tol`` (≥ 0) and ``keep`` (a fraction in (0, 1]) must be given."""
+    if (tol is None) == (keep is None):
+        raise InvalidInputError(
+            "give exactly one of tol (the ε of the stopping rule, ≥ 0) or keep "
+            f"(the fraction of neurons kept per layer, in (0, 1]); got tol={tol!r}, keep={keep!r}"
+        )
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                            or not math.isfinite(tol) or tol < 0):
+        raise InvalidInputError(f"tol must be a finite number ≥ 0, got {tol!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                             or not math.isfinite(keep) or not 0 < keep <= 1):
+        raise InvalidInputError(
+            f"keep must be a fraction in (0, 1] of the neurons kept per layer, got {keep!r}"
+        )
+
+
+def count_from_fraction(keep: float, width: int) -> int:
+    """Neurons kept for a fraction ``keep`` of ``width``: ``ceil(keep·width)``, at least 1."""
+    return max(1, min(width, math.ceil(keep * width - 1e-9)))

@@ -1,0 +1,88 @@
+"""Neuron selection by interpolative decomposition (Damle, Project 1).
+
+At a cut with activations ``Z: (N, n)`` (the producer's neurons after the pointwise
+ops, on the calibration data) and consumer weights ``W: (out, n)``, a column-pivoted
+QR of ``Z`` selects ``k`` neurons ``C`` and the interpolation matrix ``T: (k, n)`` with
+``Z ≈ Z[:, C] T``. Because ``Z[:, C] = σ(X Wₚ[C]ᵀ)`` the producer only needs rows ``C``
+and the consumer becomes ``W Tᵀ: (out, k)`` (seed: "Compressing a simple neural
+network", fold T into W⁽²⁾).
+
+The column-pivoted QR runs on the streaming R factor of ``Z/√N`` (``RᵀR = ZᵀZ/N``),
+which has the same pivots and the same ``T``.
+
+Stopping rule (seed, "A practical simplification"): with a tolerance ``ε`` the rank
+``k`` is the first at which ``|r_{k+1,k+1}| / |r_{11}| ≤ ε / ‖a‖``, where netshrink
+takes ``‖a‖ = ‖W‖₂``, the spectral norm (largest singular value) of the consumer's
+weight matrix — the seed's vector ``a`` becomes the consumer's matrix in a multi-output
+network. At least one neuron is always kept.
+
+Error bound (seed, Questions 2/4 and eq. (9)): ``‖(Z − Z[:, C] T) Wᵀ‖₂ / √N ≤
+‖R₂₂‖₂ ‖W‖₂`` where ``R₂₂`` is the trailing block of the pivoted QR of ``Z/√N``;
+that product is what ``error_bound`` reports (consumer pre-activation error, spectral
+norm over the calibration set, per √sample).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..graph import Cut
+from ..linalg import interpolative_decomposition
+from ..observe import RFactor
+from .base import Decision, check_budget, count_from_fraction
+
+
+class Interpolative:
+    """``method="interpolative"``: keep ``k`` neurons chosen by pivoted QR, fold ``T``."""
+
+    name = "interpolative"
+
+    def __init__(self, tol: float | None = None, keep: float | None = None):
+        check_budget(tol, keep)
+        self.tol = tol
+        self.keep = keep
+
+    def statistic(self, cut: Cut) -> RFactor:
+        return RFactor(cut.width)
+
+    def decide(self, cut: Cut, statistic: RFactor, consumer: nn.Linear) -> Decision:
+        r_factor = statistic.result()  # (min(N, n), n), float64
+        weight = consumer.weight.detach().to(torch.float64)  # (out, n)
+        width = cut.width
+        weight_norm = float(torch.linalg.matrix_norm(weight, ord=2)) if weight.numel() else 0.0
+
+        if self.keep is not None:
+            k = count_from_fraction(self.keep, width)
+            if k == width:
+                return _keep_everything(width, weight, consumer)
+            if k > r_factor.shape[0]:
+                raise InvalidInputError(
+                    f"at {cut.name!r}: keeping {k} of {width} neurons needs at least {k} "
+                    f"calibration samples, but only {statistic.count} were given; pass more "
+                    "calibration data"
+                )
+            decomposition = interpolative_decomposition(r_factor, k=k)
+        else:
+            relative = 1.0 if weight_norm == 0 else min(1.0, self.tol / weight_norm)
+            decomposition = interpolative_decomposition(r_factor, tol=relative)
+            if decomposition.rank == 0:
+                decomposition = interpolative_decomposition(r_factor, k=1)
+            elif decomposition.rank == width:
+                return _keep_everything(width, weight, consumer)
+
+        cols, interpolation = decomposition.cols, decomposition.T  # (k,), (k, n)
+        order = torch.argsort(cols)
+        kept = cols[order]
+        new_weight = (weight @ interpolation.T)[:, order]
+        return Decision(
+            kept=kept.to(torch.int64),
+            consumer_weight=new_weight.to(consumer.weight.dtype),
+            error_bound=decomposition.error_bound * weight_norm,
+        )
+
+
+def _keep_everything(width: int, weight: torch.Tensor, consumer: nn.Linear) -> Decision:
+    kept = torch.arange(width, device=weight.device)
+    return Decision(kept=kept, consumer_weight=consumer.weight.detach().clone(), error_bound=0.0)
