@@ -304,3 +304,13 @@ class TestBadInput:
     def test_not_a_module(self):
         with pytest.raises(InvalidInputError, match="nn.Module"):
             netshrink.compress(lambda x: x, torch.randn(10, 4), keep=0.5)
+
+
+def test_compress_selected_layers_only():
+    torch.manual_seed(13)
+    model = Chain([5, 20, 20, 3]).double().eval()
+    result = netshrink.compress(model, torch.randn(200, 5, dtype=torch.float64), keep=0.5, layers=["layers.1"])
+    assert [l.name for l in result.layers] == ["layers.1"]
+    assert result.model.layers[0].out_features == 20 and result.model.layers[1].out_features == 10
+    with pytest.raises(UnsupportedCutError, match="no cut is named 'layers.2'.*'layers.0', 'layers.1'"):
+        netshrink.compress(model, torch.randn(20, 5, dtype=torch.float64), keep=0.5, layers=["layers.2"])

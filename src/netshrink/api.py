@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import InvalidInputError, NetshrinkError
-from .graph import require_cuts
+from .graph import require_cuts, select_cuts
 from .methods import make_method
 from .observe import Calibration, model_device
 from .rewrite import set_submodule
@@ -109,6 +109,7 @@ def compress(
     tol: float | None = None,
     keep: float | None = None,
     chaining: str = "top_down",
+    layers: list[str] | None = None,
     batch_size: int = 1000,
     progress: bool = False,
 ) -> Compression:
@@ -125,6 +126,8 @@ def compress(
         keep: alternatively, the fraction of neurons kept at every cut, in (0, 1].
         chaining: ``"top_down"`` (each cut fitted on the already-compressed model) or
             ``"parallel"`` (all cuts fitted on the original model).
+        layers: compress only these cuts, named by the layer that loses neurons
+            (its module path, e.g. ``["hidden.0"]``); default: every cut.
         batch_size: batch size when ``calibration`` is a tensor.
         progress: show progress bars.
 
@@ -135,7 +138,7 @@ def compress(
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     strategy = make_method(method, tol=tol, keep=keep)
     batches = Calibration(calibration, batch_size=batch_size)
-    cuts = require_cuts(model)
+    cuts = select_cuts(require_cuts(model), layers)
     shrunk = copy.deepcopy(model)
     decisions = run_schedule(shrunk, cuts, batches, strategy, chaining=chaining, progress=progress)
     layers = [

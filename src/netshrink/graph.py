@@ -143,6 +143,24 @@ def require_cuts(model: nn.Module) -> list[Cut]:
     return cuts
 
 
+def select_cuts(cuts: list[Cut], names: list[str] | None) -> list[Cut]:
+    """The cuts named in ``names`` (producer module paths), in model order; all if None."""
+    if names is None:
+        return cuts
+    if isinstance(names, str):
+        names = [names]
+    known = {cut.name for cut in cuts}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnsupportedCutError(
+            f"no cut is named {', '.join(map(repr, unknown))}; the cuts of this model are "
+            f"{', '.join(repr(c.name) for c in cuts)} (a cut is named after the layer that loses neurons)"
+        )
+    if not names:
+        raise UnsupportedCutError("layers is empty: name at least one cut, or pass None for all")
+    return [cut for cut in cuts if cut.name in set(names)]
+
+
 def _follow_pointwise(node: torch.fx.Node, modules: dict[str, nn.Module]):
     """Walk from a producer's output through single-user pointwise nodes.
 

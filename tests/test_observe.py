@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from netshrink.errors import InvalidInputError
+from netshrink.graph import find_cuts
+from netshrink.observe import Calibration, RFactor, observe
+
+from models import Chain
+
+
+@pytest.mark.parametrize("rows,width,batch", [(1000, 30, 7), (50, 30, 8), (31, 31, 31), (1, 5, 1), (4000, 3, 999)])
+def test_streaming_r_factor_matches_gram(rows, width, batch):
+    rng = np.random.default_rng(rows + width)
+    z = rng.standard_normal((rows, width)) * rng.uniform(0.01, 100, width)
+    accumulator = RFactor(width)
+    for start in range(0, rows, batch):
+        accumulator.update(torch.from_numpy(z[start:start + batch]).float())
+    r = accumulator.result().numpy()
+    assert r.shape == (min(rows, width), width)
+    assert np.allclose(np.tril(r, -1), 0)
+    z32 = z.astype(np.float32).astype(np.float64)  # the rows were given in float32
+    np.testing.assert_allclose(r.T @ r, z32.T @ z32 / rows, rtol=1e-9, atol=1e-9 * np.abs(z32).max() ** 2)
+    assert accumulator.count == rows
+
+
+def test_r_factor_singular_values_match_data():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((600, 40)) @ rng.standard_normal((40, 40))
+    z[:, 7] = 0  # a dead neuron
+    accumulator = RFactor(40)
+    for chunk in np.array_split(z, 9):
+        accumulator.update(torch.from_numpy(chunk))
+    r = accumulator.result().numpy()
+    np.testing.assert_allclose(np.linalg.svd(r, compute_uv=False),
+                               np.linalg.svd(z / np.sqrt(600), compute_uv=False), rtol=1e-10, atol=1e-12)
+    assert np.all(r[:, 7] == 0)
+
+
+def test_observe_sees_consumer_input_and_removes_hooks():
+    torch.manual_seed(0)
+    model = Chain([6, 9, 4, 2]).double()
+    model.train()
+    cuts, _ = find_cuts(model)
+    x = torch.randn(120, 6, dtype=torch.float64)
+    stats = observe(model, cuts, Calibration(x, batch_size=50), lambda cut: RFactor(cut.width))
+    with torch.no_grad():
+        z1 = torch.relu(model.layers[0](x))
+        z2 = torch.relu(model.layers[1](z1))
+    for cut, z in zip(cuts, (z1, z2)):
+        r = stats[cut.name].result()
+        torch.testing.assert_close(r.T @ r, z.T @ z / len(z), rtol=1e-10, atol=1e-12)
+    assert model.training  # flag restored
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_calibration_accepts_tuples_and_skips_empty_batches():
+    data = [(torch.ones(3, 2), torch.zeros(3)), torch.empty(0, 2), [torch.ones(2, 2)]]
+    assert [tuple(b.shape) for b in Calibration(data)] == [(3, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (42, "tensor or an iterable"),
+    ([("x",)], "batch 0 is a str"),
+    ([()], "empty tuple"),
+    (torch.tensor(3.0), "at least one sample"),
+])
+def test_calibration_rejects_bad_batches(bad, match):
+    with pytest.raises(InvalidInputError, match=match):
+        list(Calibration(bad))
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_calibration_batch_size_must_be_positive_integer(size):
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        Calibration(torch.ones(3, 2), batch_size=size)
