@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from netshrink import zoo
+from netshrink.cli import main
+from netshrink.data import fashion_mnist
+from netshrink.evaluate import accuracy
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_compress_json_report(trained_mlp7, capsys):
+    status, out, _ = run(capsys, "compress", "mlp7", "--keep", "0.5", "--calibration-size", "1500", "--json")
+    assert status == 0
+    report = json.loads(out)
+    assert {"model", "method", "params_before", "params_after", "accuracy_before",
+            "accuracy_after", "seconds", "layers"} <= report.keys()
+    assert report["model"] == "mlp7" and report["method"] == "interpolative"
+    assert report["params_after"] < report["params_before"]
+    assert len(report["layers"]) == 7
+    for layer in report["layers"]:
+        assert set(layer) == {"name", "kept", "total", "error_bound"}
+        assert layer["kept"] == -(-layer["total"] // 2)
+    images, labels = fashion_mnist("test")
+    assert report["accuracy_before"] == pytest.approx(accuracy(trained_mlp7, images, labels))
+    assert report["accuracy_after"] > report["accuracy_before"] - 0.05
+
+
+def test_compress_table_and_saved_model_round_trip(trained_mlp7, capsys, tmp_path):
+    out_dir = tmp_path / "mlp7-small"
+    status, out, _ = run(capsys, "compress", "mlp7", "--tol", "0.5", "--calibration-size", "1500",
+                         "--out", str(out_dir))
+    assert status == 0
+    assert "parameters" in out and "accuracy" in out and "hidden" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "model.safetensors"]
+    after = [line for line in out.splitlines() if line.startswith("accuracy")][0].split()[-1]
+    status, out, _ = run(capsys, "evaluate", "mlp7", "--compressed", str(out_dir))
+    assert status == 0 and after in out
+
+
+def test_existing_out_is_refused_without_force(trained_mlp7, capsys, tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep me")
+    status, _, err = run(capsys, "compress", "mlp7", "--keep", "0.5", "--out", str(target))
+    assert status == 2 and "already exists" in err and "--force" in err
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
+
+
+def test_unknown_zoo_name(capsys):
+    status, _, err = run(capsys, "compress", "mlp8", "--keep", "0.5")
+    assert status == 2
+    assert "mlp8" in err and "mlp7" in err
+
+
+def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NETSHRINK_DATA", str(tmp_path))
+    status, _, err = run(capsys, "evaluate", "mlp7")
+    assert status == 2
+    assert "apt-get install dataset-fashion-mnist" in err
+
+
+def test_tol_and_keep_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "mlp7", "--tol", "0.1", "--keep", "0.5"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_bad_keep_is_reported(capsys):
+    status, _, err = run(capsys, "compress", "mlp7", "--keep", "1.5", "--calibration-size", "100")
+    assert status == 2 and "keep must be" in err
