@@ -75,6 +75,10 @@ class Calibration:
             raise InvalidInputError("calibration data is empty: it yielded no samples")
 
 
+class _AllObserved(Exception):
+    """Raised inside the forward pass once every observed cut has its activations."""
+
+
 class RFactor:
     """Streaming R factor (TSQR) of the rows ``Z: (N, n)`` seen so far, in float64.
 
@@ -135,6 +139,7 @@ def observe(
     statistics = {cut.name: make_statistic(cut) for cut in cuts}
     device = model_device(model)
     handles = []
+    pending: set[str] = set()
 
     def hook_for(cut: Cut):
         statistic = statistics[cut.name]
@@ -148,6 +153,9 @@ def observe(
                     "calibration data; the model overflows on these inputs"
                 )
             statistic.update(rows)
+            pending.discard(cut.name)
+            if not pending:  # every cut of this batch is seen: skip the rest of the forward
+                raise _AllObserved
 
         return hook
 
@@ -163,7 +171,15 @@ def observe(
 
                 batches = tqdm(calibration, desc="observe", unit="batch", leave=False)
             for index, batch in enumerate(batches):
-                run_batch(model, batch.to(device), index)
+                pending.update(statistics)
+                try:
+                    run_batch(model, batch.to(device), index)
+                except _AllObserved:
+                    continue
+                raise InvalidInputError(
+                    f"the forward pass did not reach {', '.join(sorted(pending))}; the model's "
+                    "graph changed since its cuts were found"
+                )
     finally:
         for handle in handles:
             handle.remove()
@@ -175,7 +191,7 @@ def run_batch(model: nn.Module, batch: torch.Tensor, index: int = 0) -> torch.Te
     """Forward one calibration batch, turning shape errors into a helpful message."""
     try:
         return model(batch)
-    except InvalidInputError:
+    except (InvalidInputError, _AllObserved):
         raise
     except RuntimeError as exc:
         raise InvalidInputError(

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from netshrink.errors import InvalidInputError
+from netshrink.linalg.spectral import spectral_norm
 
 __all__ = ["CPQR", "cpqr"]
 
@@ -349,27 +350,6 @@ def _form_q(reflectors: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------
 # Shared helpers (also used by the interpolative decomposition)
-
-
-def spectral_norm(M: torch.Tensor) -> float:
-    """Largest singular value of ``M: (p, q)`` as a Python float (0.0 when empty).
-
-    Computed in float64 from the smaller Gram matrix (``λ_max`` of ``MᵀM`` or ``MMᵀ``),
-    after scaling by a power of two so the squares cannot overflow or underflow; the
-    result has a relative error of a few units of float64 roundoff times ``√(p+q)``.
-    """
-    if M.numel() == 0:
-        return 0.0
-    M = M.to(torch.float64)
-    top = float(torch.linalg.vector_norm(M, ord=math.inf))
-    if top == 0.0:
-        return 0.0
-    exponent = math.frexp(top)[1]
-    M = M.clone()
-    _scale_by_power_of_two(M, -exponent)
-    gram = M.T @ M if M.shape[1] <= M.shape[0] else M @ M.T
-    largest = float(torch.linalg.eigvalsh(gram)[-1])
-    return math.ldexp(math.sqrt(max(largest, 0.0)), exponent)
 
 
 _TORCH_FLOATS = (torch.float32, torch.float64)

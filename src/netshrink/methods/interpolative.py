@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
-from ..linalg import interpolative_decomposition
+from ..linalg import interpolative_decomposition, spectral_norm
 from ..observe import RFactor
 from .base import Decision, check_budget, count_from_fraction
 
@@ -51,7 +51,7 @@ class Interpolative:
         r_factor = statistic.result()  # (min(N, n), n), float64
         weight = consumer.weight.detach().to(torch.float64)  # (out, n)
         width = cut.width
-        weight_norm = float(torch.linalg.matrix_norm(weight, ord=2)) if weight.numel() else 0.0
+        weight_norm = spectral_norm(weight)
 
         if self.keep is not None:
             k = count_from_fraction(self.keep, width)
