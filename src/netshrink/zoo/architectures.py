@@ -1,0 +1,107 @@
+"""Reference architectures of the zoo, written as plain ``nn.Module``s.
+
+Every forward pass is free of data-dependent control flow so ``torch.fx`` can
+trace it, which is how netshrink finds the places (cuts) where neurons can be
+removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from netshrink.errors import InvalidInputError
+from netshrink.zoo.training import TrainingRecipe
+
+__all__ = ["ReluMLP", "ReluMLPRecipe", "MLP7Recipe"]
+
+
+class ReluMLP(nn.Module):
+    """Fully connected ReLU network with a linear classifier: the model of eq. (10).
+
+    ``M(x) = s(f_m(... f_1(x)) W^(s))`` with ``f_i(z) = relu(z W^(i) + b^(i))``
+    (seed 001, "Compressing a neural network", eq. (10)). The softmax ``s`` is
+    not part of the module: it returns logits, and predictions are their argmax
+    (softmax is monotone, so the argmax is the same).
+
+    Shapes: input (N, *input_shape), e.g. (N, 1, 28, 28), flattened to
+    (N, in_features); hidden layer i maps widths[i-1] -> widths[i]; output
+    (N, num_classes) logits.
+
+    Attributes:
+        hidden: ``nn.ModuleList`` of the m hidden ``nn.Linear`` layers (W^(1..m)).
+        classifier: the final ``nn.Linear`` (W^(s)), never compressed.
+    """
+
+    def __init__(self, in_features: int, widths: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if in_features < 1 or num_classes < 1 or not widths or min(widths) < 1:
+            raise InvalidInputError(
+                f"ReluMLP needs positive sizes, got in_features={in_features}, widths={widths}, "
+                f"num_classes={num_classes}."
+            )
+        sizes = (int(in_features), *widths)
+        self.in_features = int(in_features)
+        self.widths = widths
+        self.num_classes = int(num_classes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.classifier = nn.Linear(sizes[-1], int(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.classifier(x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, widths={self.widths}, num_classes={self.num_classes}"
+
+
+@dataclass(frozen=True)
+class ReluMLPRecipe(TrainingRecipe):
+    """A :class:`ReluMLP` and how to train it (fields of :class:`TrainingRecipe` plus sizes)."""
+
+    in_features: int = 784
+    widths: tuple[int, ...] = (256,)
+    num_classes: int = 10
+
+    def build(self) -> ReluMLP:
+        return ReluMLP(self.in_features, self.widths, self.num_classes)
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "class": "ReluMLP",
+            "input_shape": [1, 28, 28],
+            "in_features": self.in_features,
+            "widths": list(self.widths),
+            "num_classes": self.num_classes,
+            "layers": len(self.widths) + 1,
+        }
+
+
+@dataclass(frozen=True)
+class MLP7Recipe(ReluMLPRecipe):
+    """``mlp7``: seed 001's model, seven ReLU layers plus the softmax layer (eq. (10)).
+
+    Widths 784 -> 2048 -> 1024 -> 1024 -> 512 -> 512 -> 256 -> 256 -> 10
+    (5,742,602 parameters). Deliberately wide and over-parameterised, the first
+    hidden layer widest, so that most neurons can be removed: trained with AdamW
+    (lr 1e-3, decoupled weight decay 0.05 on the weight matrices), a cosine
+    schedule, batch 256, 15 epochs, seed 0, no augmentation. It reaches about
+    90.0% test accuracy in about 4 minutes on 2 CPU cores; the deeper layers'
+    activations end up of low numerical rank, which is what compression exploits.
+    """
+
+    widths: tuple[int, ...] = (2048, 1024, 1024, 512, 512, 256, 256)
+    epochs: int = 15
+    batch_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    seed: int = 0

@@ -1,0 +1,213 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.fx
+
+from netshrink import zoo
+from netshrink.errors import InvalidInputError, UnknownModelError
+from netshrink.evaluate import accuracy
+from netshrink.zoo import MLP7Recipe, ZooEntry
+from netshrink.zoo.cache import CorruptCacheError, cache_dir, cache_key
+
+TINY = MLP7Recipe(widths=(16, 12), epochs=2, batch_size=100, max_train_images=2000, lr=1e-2, seed=5)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache and a tiny zoo entry that trains in about a second."""
+    monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path))
+    monkeypatch.setitem(zoo._REGISTRY, "tiny", ZooEntry("tiny", TINY, "test model"))
+    return tmp_path
+
+
+def weights_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_names_and_recipe():
+    assert "mlp7" in zoo.names()
+    recipe = zoo.recipe("mlp7")
+    assert isinstance(recipe, MLP7Recipe) and len(recipe.widths) == 7
+    hash(recipe)  # frozen, hashable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.epochs = 1
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(UnknownModelError) as caught:
+        zoo.build("mlp8")
+    message = str(caught.value)
+    assert "'mlp8'" in message and "Did you mean 'mlp7'?" in message and "Known models: " in message
+    assert isinstance(caught.value, KeyError)
+    with pytest.raises(UnknownModelError, match="Known models") as caught:
+        zoo.load("resnet152")
+    assert "Did you mean" not in str(caught.value)
+
+
+def test_build_shapes_and_forward():
+    model = zoo.build("mlp7")
+    widths = zoo.recipe("mlp7").widths
+    assert [layer.out_features for layer in model.hidden] == list(widths)
+    assert model.hidden[0].in_features == 784 and model.classifier.out_features == 10
+    out = model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+
+
+def test_build_is_deterministic_and_keeps_global_rng():
+    state = torch.random.get_rng_state()
+    a, b = zoo.build("mlp7"), zoo.build("mlp7")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert same_weights(a.state_dict(), b.state_dict())
+
+
+def test_fx_traceable():
+    model = zoo.build("mlp7").eval()
+    traced = torch.fx.symbolic_trace(model)
+    linears = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert linears == [f"hidden.{i}" for i in range(7)] + ["classifier"]
+    relus = [n for n in traced.graph.nodes if n.op == "call_function" and n.target is torch.relu]
+    assert len(relus) == 7
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(traced(x), model(x))
+
+
+def test_recipe_change_changes_key():
+    base = MLP7Recipe()
+    assert cache_key("mlp7", base) == cache_key("mlp7", MLP7Recipe())
+    variants = [
+        dataclasses.replace(base, epochs=base.epochs + 1),
+        dataclasses.replace(base, weight_decay=0.123),
+        dataclasses.replace(base, widths=(8,) * 7),
+        dataclasses.replace(base, revision=base.revision + 1),
+    ]
+    keys = {cache_key("mlp7", r) for r in variants} | {cache_key("mlp7", base), cache_key("other", base)}
+    assert len(keys) == len(variants) + 2
+    assert all(len(k) == 12 for k in keys)
+
+
+def test_invalid_recipe():
+    with pytest.raises(InvalidInputError, match="optimizer"):
+        MLP7Recipe(optimizer="lbfgs")
+    with pytest.raises(InvalidInputError, match="epochs"):
+        MLP7Recipe(epochs=0)
+
+
+def test_cache_dir_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("NETSHRINK_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "netshrink"
+    monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+
+
+def test_cache_round_trip(cache, fmnist_test):
+    assert zoo.info("tiny")["trained"] is False
+    trained = zoo.train("tiny", progress=False)
+    assert not trained.training
+    files = sorted(p.name for p in (cache / "zoo").iterdir())
+    key = cache_key("tiny", TINY)
+    assert files == [f"tiny-{key}.json", f"tiny-{key}.lock", f"tiny-{key}.safetensors"]
+    # no pickle anywhere: safetensors starts with a little-endian header length, JSON is text
+    for path in (p for p in cache.rglob("*") if p.is_file()):
+        assert path.suffix in {".json", ".safetensors", ".lock"}
+        assert not path.read_bytes().startswith(b"\x80")
+    state = torch.random.get_rng_state()
+    loaded = zoo.load("tiny", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    assert not loaded.training
+    assert same_weights(weights_of(trained), weights_of(loaded))
+
+    info = zoo.info("tiny")
+    assert info["trained"] is True
+    assert info["architecture"]["widths"] == [16, 12]
+    assert info["recipe"]["epochs"] == 2 and info["epochs"] == 2 and info["seed"] == 5
+    assert info["torch_version"] == torch.__version__
+    assert info["seconds"] > 0 and len(info["history"]) == 2
+    assert info["parameters"] == sum(p.numel() for p in loaded.parameters())
+    images, labels = fmnist_test
+    assert info["test_accuracy"] == accuracy(loaded, images, labels)
+    assert info["test_accuracy"] > 0.5  # learned something from 2000 images
+    json.loads((cache / "zoo" / f"tiny-{key}.json").read_text())
+
+
+def test_train_reuses_cache_and_force_reproduces(cache):
+    first = weights_of(zoo.train("tiny", progress=False))
+    meta = cache / "zoo" / f"tiny-{cache_key('tiny', TINY)}.json"
+    stamp = meta.stat().st_mtime_ns
+    zoo.train("tiny", progress=False)  # cached: no retraining
+    assert meta.stat().st_mtime_ns == stamp
+    again = weights_of(zoo.train("tiny", force=True, progress=False))
+    assert same_weights(first, again)  # training is deterministic
+
+
+def test_recipe_change_retrains(cache, monkeypatch):
+    zoo.train("tiny", progress=False)
+    changed = dataclasses.replace(TINY, epochs=1)
+    monkeypatch.setitem(zoo._REGISTRY, "tiny", ZooEntry("tiny", changed, "test model"))
+    assert zoo.info("tiny")["trained"] is False  # the old weights are not reused
+    zoo.load("tiny", progress=False)
+    assert len(list((cache / "zoo").glob("tiny-*.safetensors"))) == 2
+
+
+def test_corrupt_cache_is_reported(cache):
+    zoo.train("tiny", progress=False)
+    weights, meta = zoo.paths("tiny")
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(CorruptCacheError, match="netshrink train tiny --force") as caught:
+        zoo.load("tiny", progress=False)
+    assert str(weights) in str(caught.value)
+    zoo.train("tiny", force=True, progress=False)
+    zoo.load("tiny", progress=False)
+    meta.write_text("{broken")
+    with pytest.raises(CorruptCacheError, match="not valid JSON"):
+        zoo.info("tiny")
+
+
+def test_weights_of_another_architecture_are_rejected(cache, monkeypatch):
+    zoo.train("tiny", progress=False)
+    weights, _ = zoo.paths("tiny")
+    from safetensors.torch import save_file
+
+    save_file({"hidden.0.weight": torch.zeros(2, 2)}, str(weights))
+    with pytest.raises(CorruptCacheError, match="do not fit"):
+        zoo.load("tiny", progress=False)
+
+
+def test_register_validates():
+    with pytest.raises(InvalidInputError, match="already registered"):
+        zoo.register("mlp7", MLP7Recipe(), "again")
+    with pytest.raises(InvalidInputError, match="lowercase"):
+        zoo.register("My Model", MLP7Recipe(), "x")
+
+
+def test_trained_mlp7_meets_accuracy(trained_mlp7, fmnist_test):
+    images, labels = fmnist_test
+    acc = accuracy(trained_mlp7, images, labels)
+    assert acc >= 0.89
+    info = zoo.info("mlp7")
+    assert info["trained"] and info["test_accuracy"] == pytest.approx(acc)
+    assert info["architecture"]["widths"] == list(zoo.recipe("mlp7").widths)
+
+
+def test_augmentation_mirrors_and_translates():
+    from netshrink.zoo.training import _augment
+
+    images = torch.rand(64, 1, 28, 28)
+    plain = MLP7Recipe()
+    assert torch.equal(_augment(images, plain, torch.Generator().manual_seed(0)), images)
+    flipped = _augment(images, dataclasses.replace(plain, hflip=True), torch.Generator().manual_seed(0))
+    is_flip = [torch.equal(f, x.flip(-1)) for f, x in zip(flipped, images)]
+    assert all(torch.equal(f, x) or flip for f, x, flip in zip(flipped, images, is_flip))
+    assert 0 < sum(is_flip) < 64
+    shifted = _augment(images, dataclasses.replace(plain, shift=2), torch.Generator().manual_seed(0))
+    for s, x in zip(shifted, images):  # every output is the input moved by at most 2 pixels
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+        assert any(torch.equal(s, padded[:, i : i + 28, j : j + 28]) for i in range(5) for j in range(5))
+    again = _augment(images, dataclasses.replace(plain, shift=2), torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, again)
