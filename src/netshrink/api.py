@@ -14,7 +14,8 @@ from torch import nn
 from .errors import InvalidInputError, NetshrinkError
 from .graph import require_cuts, select_cuts
 from .methods import make_method
-from .observe import Calibration, model_device
+from .evaluate import model_device
+from .observe import Calibration
 from .rewrite import set_submodule
 from .schedule import run_schedule
 

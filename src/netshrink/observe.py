@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidInputError
+from .evaluate import model_device
 from .graph import Cut
 
 
@@ -199,10 +200,3 @@ def run_batch(model: nn.Module, batch: torch.Tensor, index: int = 0) -> torch.Te
             f"{tuple(batch.shape)} failed: {exc}. Calibration inputs must have the shape "
             "the model's forward() expects (for the zoo's Fashion-MNIST models: (N, 1, 28, 28))."
         ) from exc
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter (CPU for a parameterless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
