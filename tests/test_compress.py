@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import netshrink
+import netshrink.data
 from netshrink.errors import InvalidInputError, UnsupportedCutError, UntraceableModelError
 
 from models import Chain, Nested, Untraceable
@@ -55,19 +56,30 @@ def test_lossless_budget_reproduces_outputs(make_model, n_in, budget, chaining):
         assert relative_error(result.model(held_out), model(held_out)) <= 1e-5
 
 
-def test_lossless_in_float32_and_removes_dead_neurons():
+def test_tiny_tol_removes_only_neurons_dead_on_calibration():
     torch.manual_seed(1)
     model = Chain([20, 64, 48, 10]).eval()
     with torch.no_grad():  # kill 10 neurons of the first layer: exactly zero activations
         model.layers[0].weight[:10] = 0
         model.layers[0].bias[:10] = -1
     calibration = torch.randn(500, 20)
-    result = netshrink.compress(model, calibration, tol=0.0)
+    assert netshrink.compress(model, calibration, tol=0.0).layers[0].kept == 64
+    result = netshrink.compress(model, calibration, tol=1e-12)
     assert result.layers[0].kept == 54
     assert not set(range(10)) & set(result.layers[0].kept_indices)
     held_out = torch.randn(200, 20)
     with torch.no_grad():
         assert relative_error(result.model(held_out), model(held_out)) <= 1e-5
+
+
+@pytest.mark.parametrize("budget", [{"tol": 0.0}, {"keep": 1.0}], ids=["tol0", "keep1"])
+def test_mlp7_lossless_on_test_images(trained_mlp7, fmnist_test, budget):
+    images, _ = fmnist_test
+    calibration = netshrink.data.calibration_images(1000, seed=3)
+    result = netshrink.compress(trained_mlp7, calibration, **budget)
+    assert result.params_after == result.params_before
+    with torch.no_grad():
+        assert relative_error(result.model(images), trained_mlp7(images)) <= 1e-5
 
 
 def test_duplicate_neurons_are_removed_exactly():

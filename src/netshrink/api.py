@@ -123,7 +123,8 @@ def compress(
         method: ``"interpolative"`` (column-pivoted QR / interpolative decomposition).
         tol: the seed's ε: at each cut keep ``k`` neurons with
             ``|r_{k+1,k+1}|/|r₁₁| ≤ ε/‖W_consumer‖₂`` (see ``methods.interpolative``).
-            ``tol=0`` removes only neurons that are exactly redundant.
+            ``tol=0`` keeps every neuron (the model is unchanged); a tiny ``tol > 0``
+            removes the neurons that are exactly redundant on the calibration data.
         keep: alternatively, the fraction of neurons kept at every cut, in (0, 1].
         chaining: ``"top_down"`` (each cut fitted on the already-compressed model) or
             ``"parallel"`` (all cuts fitted on the original model).

@@ -14,7 +14,9 @@ Stopping rule (seed, "A practical simplification"): with a tolerance ``ε`` the 
 ``k`` is the first at which ``|r_{k+1,k+1}| / |r_{11}| ≤ ε / ‖a‖``, where netshrink
 takes ``‖a‖ = ‖W‖₂``, the spectral norm (largest singular value) of the consumer's
 weight matrix — the seed's vector ``a`` becomes the consumer's matrix in a multi-output
-network. At least one neuron is always kept.
+network. At least one neuron is always kept. ``ε = 0`` keeps every neuron, so the model
+is unchanged on any input; any ``ε > 0`` also removes the neurons that are exactly zero
+on the calibration data (their pivots are 0), which is exact on that data only.
 
 Error bound (seed, Questions 2/4 and eq. (9)): ``‖(Z − Z[:, C] T) Wᵀ‖₂ / √N ≤
 ‖R₂₂‖₂ ‖W‖₂`` where ``R₂₂`` is the trailing block of the pivoted QR of ``Z/√N``;
@@ -53,6 +55,8 @@ class Interpolative:
         width = cut.width
         weight_norm = spectral_norm(weight)
 
+        if self.tol == 0:
+            return _keep_everything(width, weight, consumer)
         if self.keep is not None:
             k = count_from_fraction(self.keep, width)
             if k == width:
