@@ -143,19 +143,34 @@ def test_error_bound_holds_on_calibration_data(keep):
     assert error >= 0.05 * bound  # the bound is not vacuous
 
 
-def test_tol_rule_matches_pivot_ratios():
+@pytest.mark.parametrize("eps", [0.05, 0.3, 1.0])
+def test_tol_rule_matches_lapack_pivots(eps):
     torch.manual_seed(7)
     model = Chain([6, 40, 5]).double().eval()
     calibration = torch.randn(500, 6, dtype=torch.float64)
-    eps = 0.3
     result = netshrink.compress(model, calibration, tol=eps)
-    z = activations(model, 0, calibration).numpy()
+    z = activations(model, 0, calibration).numpy() / np.sqrt(500)
     _, r, _ = scipy.linalg.qr(z, pivoting=True, mode="economic")
-    ratios = np.abs(np.diag(r)) / abs(r[0, 0])
-    threshold = eps / np.linalg.norm(model.layers[1].weight.detach().numpy(), 2)
-    expected_k = int(np.argmax(ratios <= threshold)) if (ratios <= threshold).any() else 40
+    estimate = np.abs(np.diag(r)) * np.linalg.norm(model.layers[1].weight.detach().numpy(), 2)
+    small = np.nonzero(estimate <= eps)[0]
+    expected_k = int(small[0]) if len(small) else 40
     assert result.layers[0].kept == max(1, expected_k)
-    assert 1 < result.layers[0].kept < 40
+
+
+def test_tol_rule_is_invariant_to_relu_rescaling():
+    torch.manual_seed(14)
+    model = Chain([6, 40, 30, 5]).double().eval()
+    rescaled = Chain([6, 40, 30, 5]).double().eval()
+    rescaled.load_state_dict(model.state_dict())
+    with torch.no_grad():  # relu(c·x) = c·relu(x): same network function
+        rescaled.layers[0].weight *= 7.0
+        rescaled.layers[0].bias *= 7.0
+        rescaled.layers[1].weight /= 7.0
+    calibration = torch.randn(400, 6, dtype=torch.float64)
+    a = netshrink.compress(model, calibration, tol=0.2)
+    b = netshrink.compress(rescaled, calibration, tol=0.2)
+    assert [l.kept_indices for l in a.layers] == [l.kept_indices for l in b.layers]
+    assert 1 < a.layers[0].kept < 40
 
 
 @pytest.mark.parametrize("keep", [0.25, 0.5, 0.99])

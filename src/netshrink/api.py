@@ -121,8 +121,9 @@ def compress(
         calibration: inputs ``(N, ...)`` as a tensor, or a re-iterable of batches
             (tensors or ``(inputs, labels)`` tuples), e.g. a DataLoader.
         method: ``"interpolative"`` (column-pivoted QR / interpolative decomposition).
-        tol: the seed's ε: at each cut keep ``k`` neurons with
-            ``|r_{k+1,k+1}|/|r₁₁| ≤ ε/‖W_consumer‖₂`` (see ``methods.interpolative``).
+        tol: the seed's ε: at each cut keep the first ``k`` pivots with
+            ``|r_{k+1,k+1}|·‖W_consumer‖₂ ≤ ε`` (pivoted QR of the activations ``Z/√N``;
+            the seed's rule in units of the top pivot, see ``methods.interpolative``).
             ``tol=0`` keeps every neuron (the model is unchanged); a tiny ``tol > 0``
             removes the neurons that are exactly redundant on the calibration data.
         keep: alternatively, the fraction of neurons kept at every cut, in (0, 1].

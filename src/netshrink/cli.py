@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("model", metavar="MODEL", help="zoo name, e.g. mlp7")
     compress.add_argument("--method", default="interpolative", help="compression method (default: %(default)s)")
     budget = compress.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--tol", type=float, help="the ε of the stopping rule (≥ 0)")
+    budget.add_argument("--tol", type=float, help="the ε of the stopping rule (≥ 0): keep pivots with |r_kk|·‖W_consumer‖₂ > ε")
     budget.add_argument("--keep", type=float, help="fraction of neurons kept per layer, in (0, 1]")
     compress.add_argument("--chaining", default="top_down", choices=["top_down", "parallel"],
                           help="order of fitting the layers (default: %(default)s)")

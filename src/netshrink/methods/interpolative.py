@@ -10,12 +10,22 @@ network", fold T into W⁽²⁾).
 The column-pivoted QR runs on the streaming R factor of ``Z/√N`` (``RᵀR = ZᵀZ/N``),
 which has the same pivots and the same ``T``.
 
-Stopping rule (seed, "A practical simplification"): with a tolerance ``ε`` the rank
-``k`` is the first at which ``|r_{k+1,k+1}| / |r_{11}| ≤ ε / ‖a‖``, where netshrink
-takes ``‖a‖ = ‖W‖₂``, the spectral norm (largest singular value) of the consumer's
-weight matrix — the seed's vector ``a`` becomes the consumer's matrix in a multi-output
-network. At least one neuron is always kept. ``ε = 0`` keeps every neuron, so the model
-is unchanged on any input; any ``ε > 0`` also removes the neurons that are exactly zero
+Stopping rule (seed, "A practical simplification"): the seed keeps ``k`` neurons with
+``|r_{k+1,k+1}| / |r₁₁| ≤ ε / ‖a‖₂``, a cheap stand-in for its bound
+``‖R₂₂‖₂ ‖a‖₂ ≤ ε`` (eq. (9)). netshrink applies it to the activations measured in
+units of their largest pivot (``|r₁₁| = 1``, i.e. ``Z/|r₁₁|`` with the consumer
+rescaled to ``|r₁₁|·W`` so the network is unchanged) and takes ``‖a‖`` to be the
+spectral norm (largest singular value) of the consumer's weight matrix ``W: (out, n)``
+— the seed's vector ``a`` becomes a matrix in a multi-output network. The rule then reads
+
+    keep the first k pivots with  |r_{k+1,k+1}| · ‖W‖₂ ≤ ε,
+
+``r`` from the pivoted QR of ``Z/√N``: ``ε`` bounds (up to the seed's simplification)
+the root-mean-square error of the consumer's pre-activations, in their own units. The
+normalisation makes ``k`` invariant under ``σ(c·x) = c·σ(x)`` rescalings of a
+producer/consumer pair (c > 0), which leave a ReLU network's function unchanged.
+At least one neuron is always kept. ``ε = 0`` keeps every neuron, so the model is
+unchanged on any input; any ``ε > 0`` also removes the neurons that are exactly zero
 on the calibration data (their pivots are 0), which is exact on that data only.
 
 Error bound (seed, Questions 2/4 and eq. (9)): ``‖(Z − Z[:, C] T) Wᵀ‖₂ / √N ≤
@@ -69,7 +79,9 @@ class Interpolative:
                 )
             decomposition = interpolative_decomposition(r_factor, k=k)
         else:
-            relative = 1.0 if weight_norm == 0 else min(1.0, self.tol / weight_norm)
+            top_pivot = float(torch.linalg.vector_norm(r_factor, dim=0).max())  # |r₁₁|
+            scale = weight_norm * top_pivot
+            relative = 1.0 if scale == 0 else min(1.0, self.tol / scale)
             decomposition = interpolative_decomposition(r_factor, tol=relative)
             if decomposition.rank == 0:
                 decomposition = interpolative_decomposition(r_factor, k=1)
