@@ -20,8 +20,9 @@ netshrink's public API only (``netshrink.compress``, ``netshrink.linalg``,
 Notation. The seed writes a layer as ``σ(xᵀW)`` with ``W: (d, n)`` and neurons as the
 columns of ``W``; PyTorch's ``nn.Linear.weight`` is ``(out, in)``, so there a neuron is
 a row. ε is the ``tol`` of :func:`netshrink.compress`: at each cut the rank ``k`` is the
-first with ``|r_{k+1,k+1}| / |r₁₁| ≤ ε / ‖W_consumer‖₂`` (seed, "A practical
-simplification").
+first with ``|r_{k+1,k+1}| · ‖W_consumer‖₂ ≤ ε`` (pivoted QR of ``Z/√N``): the seed's
+"practical simplification" ``|r_{k+1,k+1}|/|r₁₁| ≤ ε/‖a‖`` for activations measured in
+units of their top pivot.
 """
 
 from __future__ import annotations
@@ -940,7 +941,7 @@ def _plot_g6(path: Path, data: dict) -> None:
     left.set_title(f"accuracy vs size of the first layer (zoomed to {ZOOM_PT:g} pt below the original)")
     order = np.argsort(eps)
     right.semilogx(eps[order], fraction[order], "o-", color="C0", markersize=4, label="fraction of neurons kept")
-    right.set_xlabel("ε (tol of netshrink.compress: keep k with |r_{k+1,k+1}|/|r₁₁| ≤ ε/‖W⁽²⁾‖₂)")
+    right.set_xlabel("ε (tol of netshrink.compress: keep k with |r_{k+1,k+1}|·‖W⁽²⁾‖₂ ≤ ε)")
     right.set_ylabel(f"fraction of {data['layer']}'s neurons kept")
     right.set_ylim(-0.02, 1.02)
     right.grid(True, which="both", alpha=0.3)
@@ -1126,8 +1127,9 @@ def _summary(settings, quick, context, seconds, g1, g2, g3, g4, g5, g6, g7) -> s
         f"same); {context.params:,} parameters. In the seed's notation a layer is σ(xᵀW) with "
         f"W: d × n and a neuron is a column of W; in PyTorch's `nn.Linear.weight` (out × in) "
         f"it is a row. ε is `tol` of `netshrink.compress`: at each cut, keep the first k with "
-        f"|r_(k+1,k+1)|/|r_11| ≤ ε/‖W_consumer‖₂ (the seed's practical rule with ‖a‖₂ → the "
-        f"consumer's spectral norm); chaining is top-down as in the seed.",
+        f"|r_(k+1,k+1)|·‖W_consumer‖₂ ≤ ε, r from the pivoted QR of Z/√N — the seed's practical "
+        f"rule |r_(k+1,k+1)|/|r_11| ≤ ε/‖a‖ for activations in units of their top pivot, with "
+        f"‖a‖ the consumer's spectral norm; chaining is top-down as in the seed.",
         "",
     ]
     g2m, g2n, g2s = g2["vs_m"]["slope"], g2["vs_n"]["slope"], g2["square"]["slope"]
