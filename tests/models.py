@@ -69,3 +69,57 @@ class Untraceable(nn.Module):
         if x.sum() > 0:  # data-dependent control flow
             x = -x
         return self.b(torch.relu(self.a(x)))
+
+
+class ConvNet(nn.Module):
+    """Conv → BN → ReLU → max-pool → conv → BN → ReLU → avg-pool → flatten → MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 5, 3, stride=2, padding=2, dilation=2), nn.BatchNorm2d(5), nn.ReLU(),
+            nn.AvgPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def forward(self, x):  # x: (N, 2, 16, 16)
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, n_in, n_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(n_out)
+        self.conv2 = nn.Conv2d(n_out, n_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(n_out)
+        if stride != 1 or n_in != n_out:
+            self.shortcut = nn.Conv2d(n_in, n_out, 1, stride=stride, bias=False)
+            self.shortcut_bn = nn.BatchNorm2d(n_out)
+        else:
+            self.shortcut = None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        return F.relu(out + skip)
+
+
+class TinyResNet(nn.Module):
+    """A small ResNet: stem, an identity block and a strided block with a 1×1 shortcut."""
+
+    def __init__(self, width=6, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(width)
+        self.block1 = BasicBlock(width, width)
+        self.block2 = BasicBlock(width, width, stride=2)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):  # x: (N, 1, H, W)
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = self.block2(self.block1(x))
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))

@@ -1,10 +1,14 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from netshrink.errors import InvalidInputError
 from netshrink.graph import find_cuts
-from netshrink.observe import Calibration, RFactor, observe
+from netshrink.layers import weight_matrix
+from netshrink.methods.interpolative import UnitRows
+from netshrink.observe import Calibration, GramStatistic, RFactor, observe
 
 from models import Chain
 
@@ -43,12 +47,12 @@ def test_observe_sees_consumer_input_and_removes_hooks():
     model.train()
     cuts, _ = find_cuts(model)
     x = torch.randn(120, 6, dtype=torch.float64)
-    stats = observe(model, cuts, Calibration(x, batch_size=50), lambda cut: RFactor(cut.width))
+    stats = observe(model, cuts, Calibration(x, batch_size=50), UnitRows)
     with torch.no_grad():
         z1 = torch.relu(model.layers[0](x))
         z2 = torch.relu(model.layers[1](z1))
     for cut, z in zip(cuts, (z1, z2)):
-        r = stats[cut.name].result()
+        r = stats[cut.name].r_factor.result()
         torch.testing.assert_close(r.T @ r, z.T @ z / len(z), rtol=1e-10, atol=1e-12)
     assert model.training  # flag restored
     assert all(not m._forward_pre_hooks for m in model.modules())
@@ -74,3 +78,54 @@ def test_calibration_rejects_bad_batches(bad, match):
 def test_calibration_batch_size_must_be_positive_integer(size):
     with pytest.raises(InvalidInputError, match="batch_size"):
         Calibration(torch.ones(3, 2), batch_size=size)
+
+
+def _patches_by_loops(x, conv):
+    """Unfolded patches of a zero-padded conv input, one row per output position (reference)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    padded = F.pad(x, (pw, pw, ph, ph))
+    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rows = []
+    for i in range(n):
+        for u in range(out_h):
+            for v in range(out_w):
+                patch = padded[i, :, u * sh:u * sh + dh * (kh - 1) + 1:dh, v * sw:v * sw + dw * (kw - 1) + 1:dw]
+                rows.append(patch.reshape(-1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (3, 1, 2)])
+def test_gram_of_conv_patches_matches_explicit_patches_and_conv_output(stride, padding, dilation):
+    torch.manual_seed(stride + 3 * padding + 7 * dilation)
+    conv = nn.Conv2d(3, 4, (3, 2), stride=stride, padding=padding, dilation=dilation).double()
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), conv).double()
+    x = torch.randn(5, 2, 9, 8, dtype=torch.float64)
+    (cut,), _ = find_cuts(model)
+    stats = observe(model, [cut], Calibration(x, batch_size=2), lambda cut, layers: GramStatistic(layers))[cut.name]
+    z = torch.relu(model[0](x)).detach()
+    rows = _patches_by_loops(z, conv)
+    gram, cross, reference = stats.result(0)
+    torch.testing.assert_close(gram, rows.T @ rows / len(rows), rtol=1e-12, atol=1e-12)
+    assert cross is gram and reference is gram
+    # The matrix view reproduces the convolution: W rows = conv(z) without bias.
+    out = F.conv2d(z, conv.weight, None, conv.stride, conv.padding, conv.dilation)
+    y = out.permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(rows @ weight_matrix(conv).T, y, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_statistics_pair_current_and_original_inputs():
+    torch.manual_seed(4)
+    original = Chain([5, 7, 3]).double().eval()
+    current = Chain([5, 7, 3]).double().eval()  # different weights: a "compressed" model
+    x = torch.randn(64, 5, dtype=torch.float64)
+    (cut,), _ = find_cuts(current)
+    stats = observe(current, [cut], Calibration(x, batch_size=20), lambda cut, layers: GramStatistic(layers),
+                    reference=original)[cut.name]
+    a = torch.relu(current.layers[0](x)).detach()
+    z = torch.relu(original.layers[0](x)).detach()
+    gram, cross, reference = stats.result(0)
+    torch.testing.assert_close(gram, a.T @ a / 64)
+    torch.testing.assert_close(cross, a.T @ z / 64)
+    torch.testing.assert_close(reference, z.T @ z / 64)

@@ -12,27 +12,36 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import InvalidInputError, NetshrinkError
+from .evaluate import model_device
 from .graph import require_cuts, select_cuts
 from .methods import make_method
-from .evaluate import model_device
+from .modules import build, spec
 from .observe import Calibration
 from .rewrite import set_submodule
 from .schedule import run_schedule
 
-MANIFEST_FORMAT = "netshrink-compression/1"
+MANIFEST_FORMAT = "netshrink-compression/2"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One cut of a compression: the layer ``name`` kept ``kept`` of ``total`` neurons."""
+    """One cut of a compression: ``name`` kept ``kept`` of its ``total`` units.
+
+    ``error`` is the method's error measure (``interpolative``: the bound
+    ``‖R₂₂‖₂‖W‖₂``; Gram methods: relative RMS error of the consumers' pre-activations
+    on the calibration data). ``sampled`` cuts keep computing every unit and select
+    the kept ones before their consumer (Robin §2.6).
+    """
 
     name: str
     kept: int
     total: int
-    error_bound: float
-    consumer: str
+    error: float
+    producers: list[str]
+    consumers: list[str]
+    sampled: bool
     kept_indices: list[int] = field(repr=False)
 
 
@@ -62,11 +71,12 @@ class Compression:
 
     def table(self) -> str:
         """A plain-text per-layer table."""
-        rows = [f"{'layer':<24} {'kept':>6} {'total':>6} {'kept %':>7} {'error bound':>12}"]
+        rows = [f"{'layer':<28} {'kept':>6} {'total':>6} {'kept %':>7} {'error':>10}"]
         for layer in self.layers:
+            name = layer.name + (" (joint)" if len(layer.producers) + len(layer.consumers) > 2 else "")
             rows.append(
-                f"{layer.name:<24} {layer.kept:>6} {layer.total:>6} "
-                f"{100 * layer.kept / layer.total:>6.1f}% {layer.error_bound:>12.4g}"
+                f"{name:<28} {layer.kept:>6} {layer.total:>6} "
+                f"{100 * layer.kept / layer.total:>6.1f}% {layer.error:>10.4g}"
             )
         rows.append(
             f"parameters: {self.params_before:,} -> {self.params_after:,} "
@@ -92,7 +102,8 @@ class Compression:
             "params_before": self.params_before,
             "params_after": self.params_after,
             "layers": [asdict(layer) for layer in self.layers],
-            "modules": _module_shapes(self.model, self.original_shapes),
+            "modules": {path: {"original": original, "new": spec(self.model.get_submodule(path))}
+                        for path, original in self.original_shapes.items()},
         }
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
         with atomic_directory(path, overwrite=overwrite) as tmp:
@@ -107,30 +118,40 @@ def compress(
     calibration,
     method: str = "interpolative",
     *,
-    tol: float | None = None,
-    keep: float | None = None,
     chaining: str = "top_down",
+    coupling: str = "joint",
     layers: list[str] | None = None,
     batch_size: int = 1000,
     progress: bool = False,
+    **options,
 ) -> Compression:
-    """Shrink ``model`` by removing neurons, reconstructing each consumer layer.
+    """Shrink ``model`` by removing neurons and channels, reconstructing each consumer layer.
 
     Args:
         model: a trained ``nn.Module`` traceable by ``torch.fx``; never modified.
         calibration: inputs ``(N, ...)`` as a tensor, or a re-iterable of batches
             (tensors or ``(inputs, labels)`` tuples), e.g. a DataLoader.
-        method: ``"interpolative"`` (column-pivoted QR / interpolative decomposition).
-        tol: the seed's ε: at each cut keep the first ``k`` pivots with
-            ``|r_{k+1,k+1}|·‖W_consumer‖₂ ≤ ε`` (pivoted QR of the activations ``Z/√N``;
-            the seed's rule in units of the top pivot, see ``methods.interpolative``).
-            ``tol=0`` keeps every neuron (the model is unchanged); a tiny ``tol > 0``
-            removes the neurons that are exactly redundant on the calibration data.
-        keep: alternatively, the fraction of neurons kept at every cut, in (0, 1].
-        chaining: ``"top_down"`` (each cut fitted on the already-compressed model) or
-            ``"parallel"`` (all cuts fitted on the original model).
-        layers: compress only these cuts, named by the layer that loses neurons
-            (its module path, e.g. ``["hidden.0"]``); default: every cut.
+        method: how units are chosen and consumers rewritten, with its ``options``:
+
+            - ``"interpolative"`` (column-pivoted QR, Damle): ``tol`` (the seed's ε:
+              keep the pivots with ``|r_kk|·‖W_consumer‖₂ > ε``; 0 keeps everything) or
+              ``keep`` (fraction of units per cut).
+            - ``"group_lasso"`` (ℓ2,1 reconstruction, Robin): ``lam`` (fraction of each
+              cut's λ_max in [0, 1]; 0 is lossless on the calibration data) or ``keep``;
+              ``debias`` (least-squares refit, default True), ``solver`` (``"fista"`` or
+              ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-6);
+              or ``size``: the fraction of the model's parameters to keep, reached by a
+              bisection on ``lam`` (one whole compression per step).
+            - baselines: ``"magnitude"`` (``keep``, ``refit=False``), ``"random"``
+              (``keep``, ``refit=True``, ``seed``), ``"lowrank"`` (``keep``: fraction of
+              each consumer's rank; it removes no unit).
+        chaining: ``"top_down"``, ``"parallel"`` or ``"bottom_up"`` (Robin §2.7; see
+            :mod:`netshrink.schedule`).
+        coupling: how a tensor read or written by several layers (residual streams) is
+            handled: ``"joint"`` prunes the coupled group together, ``"sampler"`` gives
+            each reader a dynamic ``index_select`` sampler (Robin §2.6).
+        layers: compress only these cuts, named by the layer that loses units (its
+            module path, e.g. ``["hidden.0"]``); default: every cut.
         batch_size: batch size when ``calibration`` is a tensor.
         progress: show progress bars.
 
@@ -139,31 +160,77 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    strategy = make_method(method, tol=tol, keep=keep)
+    size = options.pop("size", None)
+    if size is None:
+        make_method(method, **options)  # bad options fail before any work
     batches = Calibration(calibration, batch_size=batch_size)
-    cuts = select_cuts(require_cuts(model), layers)
-    shrunk = copy.deepcopy(model)
-    decisions = run_schedule(shrunk, cuts, batches, strategy, chaining=chaining, progress=progress)
-    layers = [
+    cuts, skipped = require_cuts(model, coupling)
+    cuts = select_cuts(cuts, layers, skipped)
+
+    def attempt(method_options):
+        shrunk = copy.deepcopy(model)
+        strategy = make_method(method, **method_options)
+        return shrunk, run_schedule(shrunk, cuts, batches, strategy, chaining=chaining, progress=progress)
+
+    if size is None:
+        shrunk, decisions = attempt(options)
+    else:
+        shrunk, decisions, options = _fit_size(model, method, size, options, attempt)
+    reports = [
         LayerReport(
             name=cut.name,
             kept=len(decision.kept),
             total=cut.width,
-            error_bound=float(decision.error_bound),
-            consumer=cut.consumer,
+            error=float(decision.error),
+            producers=list(cut.producers),
+            consumers=list(cut.consumers),
+            sampled=cut.sampled,
             kept_indices=[int(i) for i in decision.kept],
         )
         for cut, decision in decisions
     ]
+    touched = dict.fromkeys(path for cut in cuts for path in (*cut.producers, *cut.companions, *cut.consumers))
     return Compression(
         model=shrunk,
-        layers=layers,
+        layers=reports,
         params_before=count_parameters(model),
         params_after=count_parameters(shrunk),
         method=method,
-        options={"tol": tol, "keep": keep, "chaining": chaining},
-        original_shapes=_linear_shapes(model, [p for l in layers for p in (l.name, l.consumer)]),
+        options={**{k: v for k, v in options.items() if v is not None},
+                 "chaining": chaining, "coupling": coupling},
+        original_shapes={path: spec(model.get_submodule(path)) for path in touched},
     )
+
+
+def _fit_size(model, method, size, options, attempt):
+    """The largest group-lasso compression with at most ``size`` of the parameters.
+
+    Bisection on the relative λ (the number of parameters falls as λ grows), 12 steps
+    on a log scale in [1e-4, 1]; every step is one whole compression.
+    """
+    if method != "group_lasso":
+        raise InvalidInputError(f"size= is a budget of method 'group_lasso', not of {method!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
+        raise InvalidInputError(f"size must be the fraction of the parameters to keep, in (0, 1]; got {size!r}")
+    if options.get("lam") is not None or options.get("keep") is not None:
+        raise InvalidInputError("give one budget: size, lam or keep")
+    total = count_parameters(model)
+    low, high = 1e-4, 1.0
+    best = attempt({**options, "lam": high})
+    if count_parameters(best[0]) > size * total:
+        raise InvalidInputError(
+            f"no λ reaches size={size:g}: even λ = λ_max keeps {count_parameters(best[0]) / total:.1%} "
+            "of the parameters (layers outside the cuts and the last layer are never shrunk)"
+        )
+    best_lam = high
+    for _ in range(12):
+        middle = (low * high) ** 0.5
+        shrunk, decisions = attempt({**options, "lam": middle})
+        if count_parameters(shrunk) <= size * total:
+            best, best_lam, high = (shrunk, decisions), middle, middle
+        else:
+            low = middle
+    return best[0], best[1], {**options, "lam": best_lam, "size": size}
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -185,7 +252,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"{MANIFEST_FORMAT!r}"
         )
     rebuilt = copy.deepcopy(model)
-    for module_path, spec in manifest["modules"].items():
+    for module_path, entry in manifest["modules"].items():
         try:
             old = rebuilt.get_submodule(module_path)
         except AttributeError:
@@ -193,7 +260,20 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
                 f"the model passed to load() has no module {module_path!r}; pass a freshly "
                 f"built instance of the architecture that was compressed"
             ) from None
-        set_submodule(rebuilt, module_path, _build_module(module_path, spec, old))
+        try:
+            found = spec(old)
+        except NetshrinkError:
+            found = {"type": type(old).__name__}
+        if found != entry["original"]:
+            raise NetshrinkError(
+                f"module {module_path!r} of the model passed to load() is {found}, but the "
+                f"compressed model was made from {entry['original']}; pass a freshly built "
+                "instance of the architecture that was compressed"
+            )
+        reference = next(old.parameters(), None)
+        set_submodule(rebuilt, module_path, build(
+            entry["new"], device=reference.device if reference is not None else None,
+            dtype=reference.dtype if reference is not None else None))
     state = load_file(str(weights_path), device=str(model_device(rebuilt)))
     try:
         rebuilt.load_state_dict(state, strict=True)
@@ -207,49 +287,3 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
-
-
-def _linear_shapes(model: nn.Module, paths) -> dict:
-    """``{path: (in_features, out_features)}`` of the Linear modules at ``paths``."""
-    shapes = {}
-    for path in paths:
-        module = model.get_submodule(path)
-        shapes[path] = (module.in_features, module.out_features)
-    return shapes
-
-
-def _module_shapes(model: nn.Module, original_shapes: dict) -> dict:
-    """Manifest entries: the new shape of every rewritten module and its original shape."""
-    entries = {}
-    for path, (original_in, original_out) in original_shapes.items():
-        module = model.get_submodule(path)
-        entries[path] = {
-            "type": "Linear",
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "bias": module.bias is not None,
-            "original_in_features": original_in,
-            "original_out_features": original_out,
-        }
-    return entries
-
-
-def _build_module(path: str, spec: dict, like: nn.Module) -> nn.Module:
-    if spec.get("type") != "Linear":
-        raise NetshrinkError(f"unknown module type {spec.get('type')!r} in the manifest")
-    expected = (spec["original_in_features"], spec["original_out_features"])
-    found = (getattr(like, "in_features", None), getattr(like, "out_features", None))
-    if type(like) is not nn.Linear or found != expected:
-        raise NetshrinkError(
-            f"module {path!r} of the model passed to load() is {type(like).__name__} with "
-            f"(in, out) = {found}, but the compressed model was made from a Linear with "
-            f"{expected}; pass a freshly built instance of the architecture that was compressed"
-        )
-    reference = next(like.parameters(), None)
-    return nn.Linear(
-        spec["in_features"],
-        spec["out_features"],
-        bias=spec["bias"],
-        device=reference.device if reference is not None else None,
-        dtype=reference.dtype if reference is not None else None,
-    )

@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 from .errors import NetshrinkError, OutputExistsError
+from .graph import COUPLINGS
+from .methods import METHODS
+from .schedule import CHAININGS
 
 DEFAULT_CALIBRATION_SIZE = 5000
 
@@ -37,12 +40,23 @@ def _parser() -> argparse.ArgumentParser:
         "report parameters and test accuracy before and after.",
     )
     compress.add_argument("model", metavar="MODEL", help="zoo name, e.g. mlp7")
-    compress.add_argument("--method", default="interpolative", help="compression method (default: %(default)s)")
+    compress.add_argument("--method", default="interpolative", choices=sorted(METHODS),
+                          help="compression method (default: %(default)s)")
     budget = compress.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--tol", type=float, help="the ε of the stopping rule (≥ 0): keep pivots with |r_kk|·‖W_consumer‖₂ > ε")
-    budget.add_argument("--keep", type=float, help="fraction of neurons kept per layer, in (0, 1]")
-    compress.add_argument("--chaining", default="top_down", choices=["top_down", "parallel"],
+    budget.add_argument("--tol", type=float, help="interpolative: the ε of the stopping rule (≥ 0): "
+                        "keep pivots with |r_kk|·‖W_consumer‖₂ > ε")
+    budget.add_argument("--lam", type=float, help="group_lasso: ℓ2,1 weight as a fraction of each "
+                        "layer's λ_max, in [0, 1] (0 is lossless on the calibration data)")
+    budget.add_argument("--keep", type=float, help="fraction of units kept per layer, in (0, 1]")
+    compress.add_argument("--no-debias", dest="debias", action="store_false", default=None,
+                          help="group_lasso: skip the least-squares refit on the kept units")
+    compress.add_argument("--solver", choices=["fista", "altmin"], help="group_lasso solver (default: fista)")
+    compress.add_argument("--refit", action="store_true", default=None,
+                          help="magnitude: refit the consumers by least squares")
+    compress.add_argument("--chaining", default="top_down", choices=list(CHAININGS),
                           help="order of fitting the layers (default: %(default)s)")
+    compress.add_argument("--coupling", default="joint", choices=list(COUPLINGS),
+                          help="residual streams: prune jointly or sample per reader (default: %(default)s)")
     compress.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
                           help="calibration images drawn from the training split (default: %(default)s)")
     compress.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: %(default)s)")
@@ -83,8 +97,10 @@ def _compress(args) -> int:
     test_images, test_labels = fashion_mnist("test")
 
     start = time.perf_counter()
-    result = compress(model, calibration, method=args.method, tol=args.tol, keep=args.keep,
-                      chaining=args.chaining, progress=progress)
+    options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "debias": args.debias,
+               "solver": args.solver, "refit": args.refit}
+    result = compress(model, calibration, method=args.method, chaining=args.chaining,
+                      coupling=args.coupling, progress=progress, **options)
     seconds = time.perf_counter() - start
     accuracy_before = accuracy(model, test_images, test_labels)
     accuracy_after = accuracy(result.model, test_images, test_labels)
@@ -95,9 +111,7 @@ def _compress(args) -> int:
         print(json.dumps({
             "model": args.model,
             "method": args.method,
-            "tol": args.tol,
-            "keep": args.keep,
-            "chaining": args.chaining,
+            "options": result.options,
             "calibration_size": args.calibration_size,
             "params_before": result.params_before,
             "params_after": result.params_after,
@@ -105,13 +119,13 @@ def _compress(args) -> int:
             "accuracy_after": accuracy_after,
             "seconds": seconds,
             "layers": [
-                {"name": l.name, "kept": l.kept, "total": l.total, "error_bound": l.error_bound}
+                {"name": l.name, "kept": l.kept, "total": l.total, "error": l.error}
                 for l in result.layers
             ],
         }))
         return 0
-    budget = f"tol={args.tol:g}" if args.tol is not None else f"keep={args.keep:g}"
-    print(f"{args.model}: {args.method}, {budget}, {args.chaining}; "
+    budget = ", ".join(f"{k}={v}" for k, v in result.options.items())
+    print(f"{args.model}: {args.method}, {budget}; "
           f"{args.calibration_size} calibration images from the Fashion-MNIST training split, "
           "accuracy on the 10,000 test images")
     print()

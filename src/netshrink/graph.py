@@ -1,33 +1,49 @@
-"""Find the cuts of a model: places where whole neurons can be removed.
+"""Find the cuts of a model: places where whole neurons or channels can be removed.
 
-A *cut* is a producer Linear whose output neurons flow, through pointwise operations
-only, into exactly one consumer Linear. A feature selector ``C`` commutes with any
-pointwise function (Damle, "Compressing a simple neural network": ``Z(:, C) =
-σ(X W(:, C))``; Robin §2.2, Lemma 1), so keeping a subset of the producer's neurons
-and rewriting the consumer's input columns is exact up to the reconstruction error.
+A feature selector commutes with every channelwise operation (Damle, "Compressing a
+simple neural network": ``Z(:, C) = σ(X W(:, C))``; Robin §2.2, Lemma 1): pointwise
+activations, BatchNorm, max/avg pooling, flatten, and the sum or product of two
+tensors of the same channels. So the graph is partitioned into *channel spaces*:
+sets of tensors whose channel ``c`` is computed from channel ``c`` of the others.
 
-The graph is read with ``torch.fx``; nested modules and custom ``forward`` methods are
-fine as long as they trace. The model itself is never modified.
+A space is written by *producers* (``nn.Linear``/``nn.Conv2d`` outputs), may pass
+through *companions* (BatchNorm layers, sliced with the producers) and is read by
+*consumers* (``nn.Linear``/``nn.Conv2d`` inputs). Keeping a subset of its channels
+means slicing every producer's rows and every companion, and rewriting every
+consumer's input columns — exact up to the consumers' reconstruction error. A space
+with one producer and one consumer is a plain cut; a residual stream (several
+producers joined by additions, read by several layers) is a *joint* cut, pruned as
+one coupled group (Robin §2.6).
+
+When a space cannot lose channels statically (it reaches the network's output or an
+operation that mixes channels, or its readers should keep different channels),
+each reader can instead get a *dynamic sampler*: ``index_select`` of its kept
+channels before the layer, the producers untouched (Robin §2.6, ``coupling="sampler"``).
+
+The graph is read with ``torch.fx``; the model itself is never modified.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnsupportedCutError, UntraceableModelError
+from .errors import InvalidInputError, UnsupportedCutError, UntraceableModelError
+from .layers import group_size, in_units, is_layer, out_units, unsupported_reason
+
+COUPLINGS = ("joint", "sampler")
 
 # Modules that act on each element independently, with no per-feature parameters.
 _POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
     nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
     nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Softshrink,
-    nn.Hardshrink, nn.Threshold, nn.Identity, nn.Dropout, nn.AlphaDropout,
+    nn.Hardshrink, nn.Threshold, nn.Identity, nn.Dropout, nn.AlphaDropout, nn.Dropout2d,
 )
 
 _POINTWISE_FUNCTIONS = {
@@ -43,43 +59,76 @@ _POINTWISE_METHODS = {
     "clamp", "clip", "contiguous",
 }
 
-# Arithmetic with a Python number is pointwise too (e.g. ``2 * relu(x)``).
-_SCALAR_ARITHMETIC = {
-    operator.add, operator.sub, operator.mul, operator.truediv,
+# Arithmetic: with a Python number it is pointwise (``2 * relu(x)``); between two
+# tensors of one space it joins them (``x + f(x)``).
+_ARITHMETIC = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
     torch.add, torch.sub, torch.mul, torch.div,
 }
-_SCALAR_ARITHMETIC_METHODS = {"add", "sub", "mul", "div"}
+_ARITHMETIC_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_JOINING = {operator.add, operator.sub, operator.mul, operator.iadd, torch.add, torch.sub,
+            torch.mul, "add", "sub", "mul", "add_", "mul_"}
+
+_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                   torch.max_pool2d}
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+# Tensor layouts: "features" (units on the last dim, Linear outputs), "maps"
+# (N, C, H, W, Conv outputs), "flat" (maps flattened to (N, C·h·w)), "input".
+_FEATURES, _MAPS, _FLAT, _INPUT = "features", "maps", "flat", "input"
 
 
 @dataclass(frozen=True)
 class Cut:
-    """A place where neurons can be removed.
+    """A set of units (neurons or channels) that can be removed together.
 
     Attributes:
-        producer: module path of the ``nn.Linear`` whose output neurons are removed.
-        consumer: module path of the ``nn.Linear`` that reads them (its input columns
-            are rewritten).
-        between: the pointwise operations on the way, for reports (e.g. ``("relu",)``).
-        width: number of neurons at the cut, ``producer.out_features``.
+        producers: module paths of the ``nn.Linear``/``nn.Conv2d`` layers whose output
+            units are removed (their rows are sliced); empty for a sampled cut.
+        consumers: module paths of the layers that read the units (their input
+            columns are rewritten).
+        companions: per-channel modules on the way (BatchNorm), sliced with the producers.
+        between: the channelwise operations on the way, for reports.
+        width: number of units at the cut.
+        sampled: True when the consumer reads its kept units through a dynamic sampler
+            (``index_select``) and the producers keep computing every unit.
     """
 
-    producer: str
-    consumer: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    companions: tuple[str, ...]
     between: tuple[str, ...]
     width: int
+    sampled: bool = False
 
     @property
     def name(self) -> str:
-        """The cut is named after the layer that loses neurons."""
-        return self.producer
+        """Named after the layer that loses units; ``"<consumer>:in"`` for a sampled cut."""
+        return f"{self.consumers[0]}:in" if self.sampled else self.producers[0]
+
+    @property
+    def joint(self) -> bool:
+        """True when several layers write or read the units (a coupled group)."""
+        return len(self.producers) > 1 or len(self.consumers) > 1
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A Linear layer that is not a cut, and why (for diagnostics)."""
+    """A layer whose output units cannot be removed, and why (for diagnostics)."""
 
     module: str
     reason: str
+
+
+@dataclass
+class _Space:
+    producers: list[str] = field(default_factory=list)
+    companions: list[str] = field(default_factory=list)
+    consumers: list[tuple[str, str, int]] = field(default_factory=list)  # (path, layout, node order)
+    between: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    is_input: bool = False
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -96,139 +145,321 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         ) from exc
 
 
-def find_cuts(model: nn.Module) -> tuple[list[Cut], list[Skipped]]:
-    """Find every producer Linear → pointwise ops → consumer Linear chain in ``model``.
+def find_cuts(model: nn.Module, coupling: str = "joint") -> tuple[list[Cut], list[Skipped]]:
+    """Find every cut of ``model``.
 
-    Returns ``(cuts, skipped)``: cuts in execution order, and the Linear layers that
-    are not producers of a cut with the reason (multiple users, a non-pointwise op
-    on the way, the network's output, ...).
+    Args:
+        coupling: ``"joint"`` prunes a space written or read by several layers as one
+            coupled group; ``"sampler"`` gives each reader of such a space (and of a
+            space that cannot be pruned statically) its own dynamic sampler.
+
+    Returns ``(cuts, skipped)``: cuts ordered by their first consumer in execution
+    order, and the layers whose outputs cannot be pruned, with the reason.
     """
-    graph_module = trace(model)
-    modules = dict(graph_module.named_modules())
-    call_counts: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module":
-            call_counts[node.target] = call_counts.get(node.target, 0) + 1
-
+    if coupling not in COUPLINGS:
+        raise InvalidInputError(f"unknown coupling {coupling!r}; use one of {', '.join(COUPLINGS)}")
+    spaces = _Spaces(trace(model))
     cuts: list[Cut] = []
     skipped: list[Skipped] = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_module" or type(modules[node.target]) is not nn.Linear:
+    for space in spaces.finished():
+        width = spaces.width(space)
+        consumers = tuple(path for path, _, _ in sorted(space.consumers, key=lambda c: c[2]))
+        order = min((c[2] for c in space.consumers), default=0)
+        static = not space.blocked and space.producers and consumers
+        if static and (coupling == "joint" or (len(space.producers) == 1 and len(consumers) == 1)):
+            cut = Cut(tuple(space.producers), consumers, tuple(space.companions),
+                      tuple(space.between), width)
+            cuts.append((order, cut))
             continue
-        producer = node.target
-        if call_counts[producer] > 1:
-            skipped.append(Skipped(producer, "called more than once (shared weights)"))
+        if coupling == "sampler" and consumers and not space.is_input:
+            for path, _, position in space.consumers:
+                cuts.append((position, Cut((), (path,), (), tuple(space.between), width, sampled=True)))
             continue
-        consumer, between, reason = _follow_pointwise(node, modules)
-        if consumer is None:
-            skipped.append(Skipped(producer, reason))
-            continue
-        if call_counts[consumer] > 1:
-            skipped.append(Skipped(producer, f"its consumer {consumer!r} is called more than once"))
-            continue
-        cuts.append(Cut(producer, consumer, tuple(between), modules[producer].out_features))
+        reason = "; ".join(dict.fromkeys(space.blocked)) or "its output is not read by a Linear or Conv2d layer"
+        skipped.extend(Skipped(p, reason) for p in space.producers)
+    cuts.sort(key=lambda pair: pair[0])
+    return [cut for _, cut in cuts], skipped
+
+
+def require_cuts(model: nn.Module, coupling: str = "joint") -> tuple[list[Cut], list[Skipped]]:
+    """Like :func:`find_cuts` but raise when the model has no cut at all."""
+    cuts, skipped = find_cuts(model, coupling)
+    if not cuts:
+        details = "; ".join(f"{s.module!r}: {s.reason}" for s in skipped) or "it has no nn.Linear or nn.Conv2d layer"
+        raise UnsupportedCutError(
+            f"{type(model).__name__} has no place where neurons can be removed ({details}). "
+            "A cut is an nn.Linear or nn.Conv2d whose output reaches other nn.Linear/nn.Conv2d "
+            "layers through channelwise operations only (activations, BatchNorm, pooling, "
+            "flatten, residual additions)."
+        )
     return cuts, skipped
 
 
-def require_cuts(model: nn.Module) -> list[Cut]:
-    """Like :func:`find_cuts` but raise when the model has no cut at all."""
-    cuts, skipped = find_cuts(model)
-    if not cuts:
-        details = "; ".join(f"{s.module!r}: {s.reason}" for s in skipped) or "it has no nn.Linear layer"
-        raise UnsupportedCutError(
-            f"{type(model).__name__} has no place where neurons can be removed ({details}). "
-            "A cut is an nn.Linear whose output goes, through pointwise activations only, "
-            "into exactly one other nn.Linear."
-        )
-    return cuts
-
-
-def select_cuts(cuts: list[Cut], names: list[str] | None) -> list[Cut]:
-    """The cuts named in ``names`` (producer module paths), in model order; all if None."""
+def select_cuts(cuts: list[Cut], names: list[str] | None, skipped: list[Skipped] = ()) -> list[Cut]:
+    """The cuts named in ``names`` (see :attr:`Cut.name`), in model order; all if None."""
     if names is None:
         return cuts
     if isinstance(names, str):
         names = [names]
-    known = {cut.name for cut in cuts}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise UnsupportedCutError(
-            f"no cut is named {', '.join(map(repr, unknown))}; the cuts of this model are "
-            f"{', '.join(repr(c.name) for c in cuts)} (a cut is named after the layer that loses neurons)"
-        )
     if not names:
         raise UnsupportedCutError("layers is empty: name at least one cut, or pass None for all")
-    return [cut for cut in cuts if cut.name in set(names)]
+    known = {cut.name for cut in cuts}
+    reasons = {s.module: s.reason for s in skipped}
+    for name in names:
+        if name in known:
+            continue
+        if name in reasons:
+            raise UnsupportedCutError(f"layer {name!r} cannot lose units: {reasons[name]}")
+        raise UnsupportedCutError(
+            f"no cut is named {name!r}; the cuts of this model are "
+            f"{', '.join(repr(c.name) for c in cuts)} (a cut is named after the layer that loses units)"
+        )
+    wanted = set(names)
+    return [cut for cut in cuts if cut.name in wanted]
 
 
-def _follow_pointwise(node: torch.fx.Node, modules: dict[str, nn.Module]):
-    """Walk from a producer's output through single-user pointwise nodes.
+class _Spaces:
+    """Union-find over channel spaces, filled by one walk over the fx graph."""
 
-    Returns ``(consumer_path, between, reason)``; ``consumer_path`` is None when the
-    walk does not end at a Linear, and ``reason`` says why.
-    """
-    between: list[str] = []
-    current = node
-    while True:
-        users = list(current.users)
-        if len(users) == 0:
-            return None, between, "its output is not used"
-        if len(users) > 1:
-            return None, between, (
-                f"its output is read by {len(users)} operations "
-                f"({', '.join(u.name for u in users)}); coupled cuts are not supported yet"
-            )
-        user = users[0]
-        if user.op == "output":
-            return None, between, "it produces the network's output"
-        if user.op == "call_module" and type(modules[user.target]) is nn.Linear:
-            if user.args and user.args[0] is current and len(user.args) == 1 and not user.kwargs:
-                return user.target, between, ""
-            return None, between, f"{user.target!r} receives it in an unexpected position"
-        label = _pointwise_label(user, current, modules)
-        if label is None:
-            return None, between, f"{_describe(user)} between it and the next Linear is not pointwise"
-        between.append(label)
-        current = user
+    def __init__(self, graph_module: torch.fx.GraphModule):
+        self.modules = dict(graph_module.named_modules())
+        self.calls: dict[str, int] = {}
+        for node in graph_module.graph.nodes:
+            if node.op == "call_module":
+                self.calls[node.target] = self.calls.get(node.target, 0) + 1
+        self.parent: list[int] = []
+        self.spaces: list[_Space] = []
+        self.state: dict[torch.fx.Node, tuple[int, str]] = {}
+        for position, node in enumerate(graph_module.graph.nodes):
+            self._visit(node, position)
 
+    # -- union-find -----------------------------------------------------------------
+    def new(self, **kwargs) -> int:
+        self.parent.append(len(self.parent))
+        self.spaces.append(_Space(**kwargs))
+        return len(self.parent) - 1
 
-def _pointwise_label(user: torch.fx.Node, value: torch.fx.Node, modules) -> str | None:
-    """A short label if ``user`` applies a pointwise function to ``value``, else None."""
-    if not user.args or user.args[0] is not value:
-        if user.target in _SCALAR_ARITHMETIC and len(user.args) == 2 and user.args[1] is value:
-            other = user.args[0]
-            return _scalar_label(user) if isinstance(other, (int, float)) else None
+    def find(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def union(self, a: int, b: int) -> int:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        self.parent[b] = a
+        left, right = self.spaces[a], self.spaces[b]
+        for name in ("producers", "companions", "consumers", "between", "blocked"):
+            getattr(left, name).extend(getattr(right, name))
+        left.is_input = left.is_input or right.is_input
+        return a
+
+    def space(self, node) -> _Space:
+        return self.spaces[self.find(self.state[node][0])]
+
+    def block(self, node, reason: str) -> None:
+        self.space(node).blocked.append(reason)
+
+    def width(self, space: _Space) -> int:
+        if space.producers:
+            return out_units(self.modules[space.producers[0]])
+        return 0
+
+    def finished(self) -> list[_Space]:
+        roots = sorted({self.find(i) for i in range(len(self.parent))})
+        result = []
+        for root in roots:
+            space = self.spaces[root]
+            self._check_widths(space)
+            result.append(space)
+        return result
+
+    def _check_widths(self, space: _Space) -> None:
+        if not space.producers:
+            return
+        widths = {out_units(self.modules[p]) for p in space.producers}
+        widths |= {self.modules[c].num_features for c in space.companions}
+        if len(widths) > 1:
+            space.blocked.append(f"its writers and norms have different widths {sorted(widths)}")
+            space.consumers = []
+            return
+        width = widths.pop()
+        valid = []
+        for path, layout, position in space.consumers:
+            module = self.modules[path]
+            try:
+                s = group_size(module, width)
+            except UnsupportedCutError as exc:
+                space.blocked.append(f"{path!r}: {exc}")
+                continue
+            if layout == _FEATURES and s != 1:
+                space.blocked.append(f"{path!r} reads {in_units(module)} features but the cut has {width}")
+                continue
+            valid.append((path, layout, position))
+        space.consumers = valid
+
+    # -- the walk -------------------------------------------------------------------
+    def _tracked(self, node) -> list[torch.fx.Node]:
+        found = []
+        torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) if a in self.state else None)
+        return list(dict.fromkeys(found))
+
+    def _visit(self, node: torch.fx.Node, position: int) -> None:
+        if node.op == "placeholder":
+            self.state[node] = (self.new(is_input=True, blocked=["it is the network's input"]), _INPUT)
+            return
+        if node.op == "output":
+            for value in self._tracked(node):
+                self.block(value, "it produces the network's output")
+            return
+        inputs = self._tracked(node)
+        if not inputs:
+            return
+        if node.op == "call_module" and is_layer(self.modules[node.target]):
+            self._visit_layer(node, position, inputs)
+            return
+        if _is_size_query(node):
+            return
+        carried = self._channelwise(node, inputs)
+        if carried is None:
+            for value in inputs:
+                self.block(value, f"{_describe(node)} mixes its channels (not channelwise)")
+            return
+        label, layout = carried
+        space = self.space(inputs[0])
+        if label:
+            space.between.append(label)
+        self.state[node] = (self.find(self.state[inputs[0]][0]), layout)
+
+    def _visit_layer(self, node, position, inputs) -> None:
+        path = node.target
+        module = self.modules[path]
+        value = node.args[0] if node.args else None
+        reason = unsupported_reason(module)
+        if self.calls[path] > 1:
+            reason = f"{path!r} is called more than once (shared weights)"
+        elif value not in self.state or len(node.args) != 1 or node.kwargs or len(inputs) != 1:
+            reason = f"{path!r} receives it in an unexpected position"
+        for value_node in inputs:
+            if reason is not None:
+                self.block(value_node, f"{path!r} reads it: {reason}")
+        if reason is None:
+            layout = self.state[value][1]
+            wanted = (_FEATURES, _FLAT, _INPUT) if type(module) is nn.Linear else (_MAPS, _INPUT)
+            if layout not in wanted:
+                self.block(value, f"{path!r} ({type(module).__name__}) reads it in a {layout} layout")
+            else:
+                self.space(value).consumers.append((path, layout, position))
+        blocked = [] if reason is None else [f"it is {reason}"]
+        layout = _FEATURES if type(module) is nn.Linear else _MAPS
+        self.state[node] = (self.new(producers=[path], blocked=blocked), layout)
+
+    def _channelwise(self, node, inputs) -> tuple[str, str] | None:
+        """``(label, layout)`` when ``node`` maps channel c to channel c, else None."""
+        first = inputs[0]
+        layout = self.state[first][1]
+        if len(inputs) == 2 and _is_joining(node) and len(node.args) == 2 and not node.kwargs:
+            other_layout = self.state[inputs[1]][1]
+            if other_layout != layout:
+                return None
+            self.union(self.state[inputs[0]][0], self.state[inputs[1]][0])
+            return _name_of(node), layout
+        if len(inputs) != 1 or not node.args or node.args[0] is not first:
+            if len(inputs) == 1 and _is_arithmetic(node) and len(node.args) == 2 \
+                    and node.args[1] is first and isinstance(node.args[0], (int, float)):
+                return f"{_name_of(node)} {node.args[0]}", layout
+            return None
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(module, _POINTWISE_MODULES) or (isinstance(module, nn.PReLU) and module.num_parameters == 1):
+                return type(module).__name__.lower(), layout
+            if type(module) in _NORM_MODULES:
+                if self.calls[node.target] > 1:
+                    return None
+                self.space(first).companions.append(node.target)
+                return type(module).__name__.lower(), layout
+            if isinstance(module, _POOL_MODULES) and layout == _MAPS:
+                if getattr(module, "return_indices", False):
+                    return None
+                return type(module).__name__.lower(), layout
+            if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+                return _flattened(layout)
+            return None
+        rest = list(node.args[1:]) + list(node.kwargs.values())
+        if any(isinstance(a, torch.fx.Node) and a in self.state for a in rest):
+            return None
+        target = node.target
+        if node.op == "call_function" and target in _POOL_FUNCTIONS and layout == _MAPS:
+            if node.kwargs.get("return_indices") or (len(node.args) > 6 and node.args[6]):
+                return None
+            return target.__name__, layout
+        if _is_flatten(node):
+            return _flattened(layout)
+        if any(isinstance(a, torch.fx.Node) for a in rest):
+            return None
+        if node.op == "call_function" and target in _POINTWISE_FUNCTIONS:
+            return getattr(target, "__name__", str(target)), layout
+        if node.op == "call_method" and target in _POINTWISE_METHODS:
+            return target, layout
+        if _is_arithmetic(node):
+            operands = [a for a in node.args[1:]]
+            if len(operands) == 1 and isinstance(operands[0], (int, float)) and not isinstance(operands[0], bool):
+                return f"{_name_of(node)} {operands[0]}", layout
         return None
-    rest = list(user.args[1:]) + list(user.kwargs.values())
-    if any(isinstance(a, torch.fx.Node) for a in rest):
-        return None
-    if user.op == "call_module":
-        module = modules[user.target]
-        if isinstance(module, _POINTWISE_MODULES):
-            return type(module).__name__.lower()
-        if isinstance(module, nn.PReLU) and module.num_parameters == 1:
-            return "prelu"
-        return None
-    if user.op == "call_function":
-        if user.target in _POINTWISE_FUNCTIONS:
-            return getattr(user.target, "__name__", str(user.target))
-        if user.target in _SCALAR_ARITHMETIC:
-            return _scalar_label(user)
-        return None
-    if user.op == "call_method":
-        if user.target in _POINTWISE_METHODS:
-            return user.target
-        if user.target in _SCALAR_ARITHMETIC_METHODS:
-            return _scalar_label(user)
+
+
+def _flattened(layout: str) -> tuple[str, str] | None:
+    if layout == _MAPS:
+        return "flatten", _FLAT
+    if layout == _INPUT:
+        return "flatten", _INPUT
     return None
 
 
-def _scalar_label(user: torch.fx.Node) -> str | None:
-    operands = [a for a in user.args if not isinstance(a, torch.fx.Node)]
-    if len(operands) != 1 or not isinstance(operands[0], (int, float)):
-        return None
-    name = getattr(user.target, "__name__", str(user.target))
-    return f"{name} {operands[0]}"
+def _is_flatten(node: torch.fx.Node) -> bool:
+    """``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(n, -1)`` or ``x.reshape(n, -1)``."""
+    args = list(node.args[1:])
+    if node.target in (torch.flatten, "flatten"):
+        start = node.kwargs.get("start_dim", args[0] if args else 0)
+        end = node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
+        return start == 1 and end == -1
+    if (node.op == "call_method" and node.target in ("view", "reshape")) or node.target is torch.reshape:
+        shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        return len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0])
+    return False
+
+
+def _is_batch_size(value) -> bool:
+    if isinstance(value, int):
+        return True
+    if isinstance(value, torch.fx.Node):
+        if value.op == "call_method" and value.target == "size":
+            return value.args[1:] == (0,) or value.kwargs.get("dim") == 0
+        if value.op == "call_function" and value.target is operator.getitem:
+            return value.args[1] == 0
+    return False
+
+
+def _is_size_query(node: torch.fx.Node) -> bool:
+    """Nodes that read a tensor's shape, not its values (``x.size(0)``, ``x.shape``)."""
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("shape",), ("ndim",))
+
+
+def _is_arithmetic(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ARITHMETIC) or (
+        node.op == "call_method" and node.target in _ARITHMETIC_METHODS)
+
+
+def _is_joining(node: torch.fx.Node) -> bool:
+    return node.op in ("call_function", "call_method") and node.target in _JOINING
+
+
+def _name_of(node: torch.fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def _describe(node: torch.fx.Node) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 from .errors import InvalidInputError
 from .evaluate import model_device
 from .graph import Cut
+from .layers import input_rows
 
 
 class Calibration:
@@ -121,49 +122,118 @@ class RFactor:
         return self._r / self.count**0.5
 
 
+class GramStatistic:
+    """Second moments of each consumer's input rows, in float64 (Robin §2.4, §2.7).
+
+    For consumer ``i`` with input rows ``a`` (its current input: neurons, flattened
+    features or unfolded conv patches, see :func:`netshrink.layers.input_rows`) this
+    accumulates ``gram = E[a aᵀ]: (d, d)``. When the rows ``z`` that the *original*
+    model feeds the same consumer are given too (top-down chaining), it also keeps
+    ``cross = E[a zᵀ]`` and ``reference = E[z zᵀ]``; otherwise both equal ``gram``.
+    A consumer with weights ``W: (out, d)`` then has the regression statistics
+    ``E[a yᵀ] = cross Wᵀ`` and ``E‖y‖² = tr(W reference Wᵀ)`` for its target ``y = W z``.
+    """
+
+    def __init__(self, consumers: Sequence[nn.Module]):
+        self.consumers = list(consumers)
+        self.count = [0] * len(self.consumers)
+        self._gram: list[torch.Tensor | None] = [None] * len(self.consumers)
+        self._cross: list[torch.Tensor | None] = [None] * len(self.consumers)
+        self._reference: list[torch.Tensor | None] = [None] * len(self.consumers)
+
+    def update(self, index: int, current: torch.Tensor, original: torch.Tensor | None = None) -> None:
+        layer = self.consumers[index]
+        chunks = input_rows(layer, current)
+        paired = input_rows(layer, original) if original is not None else None
+        for rows in chunks:
+            self.count[index] += rows.shape[0]
+            self._gram[index] = _add(self._gram[index], rows.T @ rows)
+            if paired is not None:
+                reference_rows = next(paired)
+                self._cross[index] = _add(self._cross[index], rows.T @ reference_rows)
+                self._reference[index] = _add(self._reference[index], reference_rows.T @ reference_rows)
+
+    def result(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gram, cross, reference)`` of consumer ``index``, each ``(d, d)``, as means."""
+        if self.count[index] == 0:
+            raise InvalidInputError("no activations were observed at this cut")
+        scale = 1.0 / self.count[index]
+        gram = self._gram[index] * scale
+        if self._cross[index] is None:
+            return gram, gram, gram
+        return gram, self._cross[index] * scale, self._reference[index] * scale
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total.add_(term)
+
+
 def observe(
     model: nn.Module,
     cuts: Sequence[Cut],
     calibration: Calibration,
-    make_statistic: Callable[[Cut], object],
+    make_statistic: Callable[[Cut, list[nn.Module]], object],
     progress: bool = False,
+    reference: nn.Module | None = None,
 ) -> dict[str, object]:
     """Run ``calibration`` through ``model`` once and accumulate one statistic per cut.
 
-    The statistic of a cut sees the consumer's input, i.e. the producer's neurons after
-    the pointwise operations, as rows ``(samples, width)`` (leading dimensions are
-    flattened). ``make_statistic(cut)`` returns an object with ``update(rows)``.
-    Returns ``{cut.name: statistic}``. The model's weights are not modified; its
-    train/eval flag is restored afterwards.
+    ``make_statistic(cut, consumers)`` gets the cut and its consumer modules and returns
+    an object with ``update(index, current, original)``, called with the input tensor
+    of consumer ``index`` and, when ``reference`` (the original model) is given, the
+    input the same consumer receives in ``reference`` on the same batch (else None).
+    Returns ``{cut.name: statistic}``. No weights are modified; train/eval flags are
+    restored afterwards.
     """
     modules = dict(model.named_modules())
-    statistics = {cut.name: make_statistic(cut) for cut in cuts}
+    statistics = {
+        cut.name: make_statistic(cut, [modules[path] for path in cut.consumers]) for cut in cuts
+    }
     device = model_device(model)
+    readers = [(cut.name, index, path) for cut in cuts for index, path in enumerate(cut.consumers)]
+    originals: dict[str, torch.Tensor] = {}
     handles = []
     pending: set[str] = set()
+    reference_pending: set[str] = set()
 
-    def hook_for(cut: Cut):
-        statistic = statistics[cut.name]
-
+    def capture(path: str):
         def hook(_module, inputs):
-            activations = inputs[0]
-            rows = activations.reshape(-1, activations.shape[-1])
-            if not torch.isfinite(rows).all():
-                raise InvalidInputError(
-                    f"the activations entering {cut.consumer!r} contain NaN/Inf on the "
-                    "calibration data; the model overflows on these inputs"
-                )
-            statistic.update(rows)
-            pending.discard(cut.name)
-            if not pending:  # every cut of this batch is seen: skip the rest of the forward
+            originals[path] = inputs[0]
+            reference_pending.discard(path)
+            if not reference_pending:
                 raise _AllObserved
 
         return hook
 
-    for cut in cuts:
-        handles.append(modules[cut.consumer].register_forward_pre_hook(hook_for(cut)))
-    was_training = model.training
-    model.eval()
+    def accumulate(name: str, index: int, path: str):
+        statistic = statistics[name]
+
+        def hook(_module, inputs):
+            activations = inputs[0]
+            if activations.is_floating_point() and not torch.isfinite(activations).all():
+                raise InvalidInputError(
+                    f"the activations entering {path!r} contain NaN/Inf on the "
+                    "calibration data; the model overflows on these inputs"
+                )
+            statistic.update(index, activations, originals.get(path) if reference is not None else None)
+            pending.discard(path)
+            if not pending:  # every reader of this batch is seen: skip the rest of the forward
+                raise _AllObserved
+
+        return hook
+
+    paths = sorted({path for _, _, path in readers})
+    for name, index, path in readers:
+        handles.append(modules[path].register_forward_pre_hook(accumulate(name, index, path)))
+    models = [model]
+    if reference is not None:
+        reference_modules = dict(reference.named_modules())
+        for path in paths:
+            handles.append(reference_modules[path].register_forward_pre_hook(capture(path)))
+        models.append(reference)
+    flags = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         with torch.inference_mode():
             batches = calibration
@@ -172,20 +242,30 @@ def observe(
 
                 batches = tqdm(calibration, desc="observe", unit="batch", leave=False)
             for index, batch in enumerate(batches):
-                pending.update(statistics)
-                try:
-                    run_batch(model, batch.to(device), index)
-                except _AllObserved:
-                    continue
-                raise InvalidInputError(
-                    f"the forward pass did not reach {', '.join(sorted(pending))}; the model's "
-                    "graph changed since its cuts were found"
-                )
+                batch = batch.to(device)
+                if reference is not None:
+                    originals.clear()
+                    reference_pending.update(paths)
+                    _run_until_observed(reference, batch, index, reference_pending)
+                pending.update(paths)
+                _run_until_observed(model, batch, index, pending)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for m, flag in zip(models, flags):
+            m.train(flag)
     return statistics
+
+
+def _run_until_observed(model: nn.Module, batch: torch.Tensor, index: int, pending: set[str]) -> None:
+    try:
+        run_batch(model, batch, index)
+    except _AllObserved:
+        return
+    raise InvalidInputError(
+        f"the forward pass did not reach {', '.join(sorted(pending))}; the model's "
+        "graph changed since its cuts were found"
+    )
 
 
 def run_batch(model: nn.Module, batch: torch.Tensor, index: int = 0) -> torch.Tensor:

@@ -1,81 +1,114 @@
 """Rewrite: module surgery that applies a decision to a model.
 
-A decision at a cut keeps the producer's neurons ``kept`` and gives the consumer new
-input weights. Rewriting builds new, physically smaller modules (never masks) and
-puts them into the model in place of the old ones.
+A decision at a cut keeps the units ``kept`` and gives each consumer new input
+weights. Rewriting builds new, physically smaller modules (never masks) and puts them
+into the model in place of the old ones: producers lose rows (and bias entries),
+BatchNorm companions lose channels, consumers get the new weights. A sampled cut
+wraps its consumer in :class:`~netshrink.modules.Sampled` instead (Robin §2.6).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .errors import UnsupportedCutError
+from .layers import columns_of, keep_channels, keep_outputs, with_input_weights
+from .modules import LowRank, Sampled
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the sub-module at dotted ``path`` (e.g. ``"hidden.3"``) by ``module``."""
+    """Replace the sub-module at dotted ``path`` (e.g. ``"hidden.3"``) by ``module``.
+
+    The new module takes the train/eval mode of the one it replaces.
+    """
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
+    module.train(getattr(parent, name).training)
     setattr(parent, name, module)
 
 
-def keep_outputs(linear: nn.Linear, kept: torch.Tensor) -> nn.Linear:
-    """A new Linear computing only the outputs ``kept`` of ``linear``.
-
-    ``linear.weight: (out, in)`` → ``(k, in)``; the bias is sliced the same way.
-    """
-    _require_linear(linear)
-    kept = kept.to(linear.weight.device)
-    new = _new_linear(linear, linear.in_features, len(kept))
-    with torch.no_grad():
-        new.weight.copy_(linear.weight.index_select(0, kept))
-        if linear.bias is not None:
-            new.bias.copy_(linear.bias.index_select(0, kept))
-    return new
-
-
-def replace_inputs(linear: nn.Linear, weight: torch.Tensor) -> nn.Linear:
-    """A new Linear with the same outputs and bias but input weights ``weight: (out, k)``."""
-    _require_linear(linear)
-    if weight.ndim != 2 or weight.shape[0] != linear.out_features:
-        raise UnsupportedCutError(
-            f"new input weights of shape {tuple(weight.shape)} do not fit a Linear with "
-            f"{linear.out_features} outputs"
-        )
-    new = _new_linear(linear, weight.shape[1], linear.out_features)
-    with torch.no_grad():
-        new.weight.copy_(weight.to(dtype=new.weight.dtype, device=new.weight.device))
-        if linear.bias is not None:
-            new.bias.copy_(linear.bias)
-    return new
-
-
-def _new_linear(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(
-        in_features,
-        out_features,
-        bias=like.bias is not None,
-        device=like.weight.device,
-        dtype=like.weight.dtype,
-    )
-
-
-def _require_linear(module: nn.Module) -> None:
-    if type(module) is not nn.Linear:
-        raise UnsupportedCutError(
-            f"expected an nn.Linear, got {type(module).__name__}; only plain nn.Linear "
-            "layers can be rewritten at a neuron cut"
-        )
+def layer_at(model: nn.Module, path: str) -> nn.Module:
+    """The Linear/Conv2d at ``path``, looking inside a sampler that wraps it."""
+    module = model.get_submodule(path)
+    return module.layer if isinstance(module, Sampled) else module
 
 
 def apply_decision(model: nn.Module, cut, decision) -> None:
-    """Apply ``decision`` at ``cut`` in place on ``model`` (a copy owned by the caller).
+    """Apply ``decision`` at ``cut`` in place on ``model`` (a copy owned by the caller)."""
+    rewrite_inputs(model, cut, decision)
+    remove_units(model, cut, decision)
 
-    The producer keeps only the neurons ``decision.kept`` (its rows and bias), and the
-    consumer's input columns are replaced by ``decision.consumer_weight: (out, k)``.
+
+def rewrite_inputs(model: nn.Module, cut, decision) -> None:
+    """Give every consumer its new input weights (or factors, or a sampler).
+
+    Only input columns change here, so this commutes with :func:`remove_units` of
+    other cuts: decisions made on one model can be applied in any order.
     """
-    producer = model.get_submodule(cut.producer)
-    set_submodule(model, cut.producer, keep_outputs(producer, decision.kept))
-    consumer = model.get_submodule(cut.consumer)
-    set_submodule(model, cut.consumer, replace_inputs(consumer, decision.consumer_weight))
+    if decision.factors is not None:
+        for path, (left, right) in zip(cut.consumers, decision.factors):
+            _replace_layer(model, path, lambda layer, l=left, r=right: factorize(layer, l, r))
+        return
+    kept = decision.kept
+    for path, weight in zip(cut.consumers, decision.consumer_weights):
+        if cut.sampled:
+            set_submodule(model, path, _sampled(layer_at(model, path), kept, cut.width, weight))
+        else:
+            _replace_layer(model, path, lambda layer, w=weight: with_input_weights(layer, w, len(kept)))
+
+
+def remove_units(model: nn.Module, cut, decision) -> None:
+    """Drop the removed units' rows from the producers and channels from the companions."""
+    kept = decision.kept
+    if cut.sampled or decision.factors is not None or len(kept) == cut.width:
+        return
+    for path in cut.producers:
+        _replace_layer(model, path, lambda layer: keep_outputs(layer, kept))
+    for path in cut.companions:
+        set_submodule(model, path, keep_channels(model.get_submodule(path), kept))
+
+
+def factorize(layer: nn.Module, left: torch.Tensor, right: torch.Tensor) -> LowRank:
+    """``layer ≈ LowRank(first, second)`` with ``W ≈ left @ right``.
+
+    ``left: (out, r)``, ``right: (r, d)`` with ``d`` the layer's input columns
+    (``C·kh·kw`` for a convolution). The bias moves to ``second``.
+    """
+    rank = right.shape[0]
+    device, dtype = layer.weight.device, layer.weight.dtype
+    if type(layer) is nn.Linear:
+        first = nn.Linear(layer.in_features, rank, bias=False, device=device, dtype=dtype)
+        second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, device=device, dtype=dtype)
+        first_weight, second_weight = right, left
+    else:
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, dilation=layer.dilation, bias=False,
+                          device=device, dtype=dtype)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None,
+                           device=device, dtype=dtype)
+        first_weight = right.reshape(rank, layer.in_channels, *layer.kernel_size)
+        second_weight = left.reshape(layer.out_channels, rank, 1, 1)
+    with torch.no_grad():
+        first.weight.copy_(first_weight.to(dtype))
+        second.weight.copy_(second_weight.to(dtype))
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return LowRank(first, second)
+
+
+def _sampled(layer: nn.Module, kept: torch.Tensor, width: int, weight: torch.Tensor) -> Sampled:
+    new = with_input_weights(layer, weight, len(kept))
+    if type(layer) is nn.Conv2d:
+        return Sampled(new, kept, dim=1)
+    s = layer.in_features // width
+    return Sampled(new, columns_of(kept, s), dim=-1)
+
+
+def _replace_layer(model: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> None:
+    module = model.get_submodule(path)
+    if isinstance(module, Sampled):
+        module.layer = make(module.layer).train(module.training)
+    else:
+        set_submodule(model, path, make(module))

@@ -1,17 +1,23 @@
 """Schedule: the order in which cuts are observed, decided and rewritten.
 
-Chaining strategies (Robin §2.7; Damle "Compressing a neural network"):
+Chaining strategies (Robin §2.7). For the layer ``W_k`` reading ``Z_k`` in the original
+network and ``A_k`` in the network being compressed:
 
-- ``"top_down"``: cuts in execution order; each cut is observed on the model in which
-  every earlier cut has already been compressed, so a layer is fitted to the inputs it
-  will really receive. This is the seed's scheme (compress f₁, fold T into W⁽²⁾,
-  compress the next layer using f̂₁(X_c), ...).
-- ``"parallel"``: every cut is observed on the original model in one pass, decided
-  independently, then all decisions are applied.
+- ``"parallel"``: ``X = Z_k``, ``Y = W_k Z_k``. Every cut is observed on the original
+  model in one pass and decided independently; then all decisions are applied.
+- ``"top_down"``: ``X = A_k``, ``Y = W_k Z_k``. Cuts in execution order; each is observed
+  on the model in which every earlier cut is already compressed (and, for methods that
+  regress on targets, on the original model for ``Y``), so a layer is fitted to the
+  inputs it will really receive. This is also Damle's scheme (compress f₁, fold T into
+  W⁽²⁾, compress the next layer using f̂₁(X_c), ...).
+- ``"bottom_up"``: ``X = Z_k``, ``Y = C_{k+1}ᵀ W_k Z_k``. Statistics come from the original
+  model in one pass; cuts are decided from the last to the first, each applied at once,
+  so a layer only reconstructs the outputs the next layer kept.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from torch import nn
@@ -20,9 +26,9 @@ from .errors import InvalidInputError
 from .graph import Cut
 from .methods import Decision, Method
 from .observe import Calibration, observe
-from .rewrite import apply_decision
+from .rewrite import apply_decision, layer_at, remove_units, rewrite_inputs
 
-CHAININGS = ("top_down", "parallel")
+CHAININGS = ("top_down", "parallel", "bottom_up")
 
 
 def run_schedule(
@@ -39,22 +45,38 @@ def run_schedule(
     """
     if chaining not in CHAININGS:
         raise InvalidInputError(f"unknown chaining {chaining!r}; use one of {', '.join(CHAININGS)}")
-    steps = _progress(cuts, progress)
-    decisions: list[tuple[Cut, Decision]] = []
+    if chaining == "top_down":
+        return _top_down(model, cuts, calibration, method, progress)
+    statistics = observe(model, cuts, calibration, method.statistic, progress=progress)
+    order = list(cuts) if chaining == "parallel" else list(reversed(cuts))
+    decisions: dict[str, Decision] = {}
+    for cut in _progress(order, progress):
+        decisions[cut.name] = method.decide(cut, statistics.pop(cut.name), *_layers(model, cut))
+        if chaining == "bottom_up":
+            apply_decision(model, cut, decisions[cut.name])
     if chaining == "parallel":
-        statistics = observe(model, cuts, calibration, method.statistic, progress=progress)
-        for cut in steps:
-            consumer = model.get_submodule(cut.consumer)
-            decisions.append((cut, method.decide(cut, statistics[cut.name], consumer)))
-        for cut, decision in decisions:
-            apply_decision(model, cut, decision)
-        return decisions
-    for cut in steps:
-        statistic = observe(model, [cut], calibration, method.statistic)[cut.name]
-        decision = method.decide(cut, statistic, model.get_submodule(cut.consumer))
+        for cut in cuts:
+            rewrite_inputs(model, cut, decisions[cut.name])
+        for cut in cuts:
+            remove_units(model, cut, decisions[cut.name])
+    return [(cut, decisions[cut.name]) for cut in cuts]
+
+
+def _top_down(model, cuts, calibration, method, progress):
+    reference = copy.deepcopy(model) if method.needs_reference else None
+    decisions = []
+    for position, cut in enumerate(_progress(cuts, progress)):
+        statistic = observe(model, [cut], calibration, method.statistic,
+                            reference=reference if position > 0 else None)[cut.name]
+        decision = method.decide(cut, statistic, *_layers(model, cut))
         apply_decision(model, cut, decision)
         decisions.append((cut, decision))
     return decisions
+
+
+def _layers(model: nn.Module, cut: Cut) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The cut's current consumer and producer layers."""
+    return [layer_at(model, p) for p in cut.consumers], [layer_at(model, p) for p in cut.producers]
 
 
 def _progress(cuts: Sequence[Cut], enabled: bool):

@@ -641,7 +641,7 @@ def _goal4(folder: Path, context: _Context) -> dict:
 
 def _first_layer_activations(context: _Context) -> torch.Tensor:
     """Z = σ(X_cᵀ W⁽¹⁾): what the first cut's consumer reads, (N_c, width), float64."""
-    consumer = context.model.get_submodule(context.first_cut.consumer)
+    consumer = context.model.get_submodule(context.first_cut.consumers[0])
     captured = []
     handle = consumer.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach()))
     try:
@@ -769,7 +769,7 @@ def _evaluate_compression(context: _Context, layers: list[str] | None, *, tol: f
         "fraction_neurons_kept": sum(kept) / sum(total),
         "params_after": result.params_after,
         "fraction_params_kept": result.ratio,
-        "error_bounds": [layer.error_bound for layer in result.layers],
+        "error_bounds": [layer.error for layer in result.layers],
         "compress_seconds": compress_seconds,
     }
 

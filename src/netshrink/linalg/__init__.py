@@ -1,11 +1,25 @@
-"""Pure numerics on tensors: column-pivoted QR, interpolative decomposition, spectral norm.
+"""Pure numerics on tensors: column-pivoted QR, interpolative decomposition, spectral norm,
+ℓ2,1 group lasso and least squares from Gram statistics.
 
 Nothing here knows about ``nn.Module``; inputs are torch tensors (any device) or numpy
 arrays, and results come back in the same kind.
 """
 
 from netshrink.linalg.cpqr import CPQR, cpqr
+from netshrink.linalg.group_lasso import (
+    GroupLassoResult,
+    duality_gap,
+    group_labels,
+    group_lasso,
+    group_lasso_keep,
+    lambda_max,
+)
 from netshrink.linalg.interpolative import InterpolativeDecomposition, interpolative_decomposition
+from netshrink.linalg.lstsq import lstsq_from_gram
 from netshrink.linalg.spectral import spectral_norm
 
-__all__ = ["CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm"]
+__all__ = [
+    "CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm",
+    "GroupLassoResult", "group_lasso", "group_lasso_keep", "lambda_max", "duality_gap", "group_labels",
+    "lstsq_from_gram",
+]

@@ -1,23 +1,37 @@
-"""Ways of deciding which neurons to keep; one file per method."""
+"""Ways of deciding which units to keep; one file per method."""
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import InvalidInputError
 from .base import Decision, Method
+from .baselines import LowRank, Magnitude, Random
+from .group_lasso import GroupLasso
 from .interpolative import Interpolative
 
-METHODS = {Interpolative.name: Interpolative}
+METHODS = {cls.name: cls for cls in (Interpolative, GroupLasso, Magnitude, Random, LowRank)}
 
 
 def make_method(name: str, **options) -> Method:
-    """Build the method called ``name`` with its options (e.g. ``tol=0.1`` or ``keep=0.5``)."""
+    """Build the method called ``name`` with its options (e.g. ``tol=0.1`` or ``lam=0.05``).
+
+    Options left at None are dropped, so callers can pass every option they know.
+    """
     try:
         cls = METHODS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InvalidInputError(
             f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
         ) from None
-    return cls(**options)
+    given = {key: value for key, value in options.items() if value is not None}
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            f"method {name!r} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}"
+        )
+    return cls(**given)
 
 
 __all__ = ["Decision", "Method", "METHODS", "make_method"]

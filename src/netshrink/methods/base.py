@@ -24,25 +24,35 @@ class Decision:
     """What to do at one cut.
 
     Attributes:
-        kept: ``(k,)`` int64, ascending indices of the producer's neurons to keep.
-        consumer_weight: ``(out, k)`` new input weights of the consumer, column ``j``
-            multiplying neuron ``kept[j]``.
-        error_bound: the method's bound on the reconstruction error (see the method).
+        kept: ``(k,)`` int64, ascending indices of the units (neurons/channels) to keep.
+        consumer_weights: one ``(out_i, k·s_i)`` matrix per consumer of the cut (in
+            ``cut.consumers`` order): its new input weights, columns grouped by kept
+            unit as in :func:`netshrink.layers.weight_matrix`.
+        error: the method's measure of the reconstruction error (see each method).
+        factors: for methods that factorise instead of removing units (``lowrank``):
+            one ``(P: (out_i, r), Q: (r, d_i))`` pair per consumer, ``W ≈ P Q``; then
+            ``kept`` is every unit and ``consumer_weights`` is empty.
     """
 
     kept: torch.Tensor
-    consumer_weight: torch.Tensor
-    error_bound: float
+    consumer_weights: tuple[torch.Tensor, ...]
+    error: float
+    factors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
 
 
 class Method(Protocol):
     name: str
+    #: True when the method needs the original model's inputs beside the current ones
+    #: (targets ``y = W z`` of top-down chaining, Robin §2.7).
+    needs_reference: bool
 
-    def statistic(self, cut: Cut) -> object:
-        """A fresh accumulator with ``update(rows: (b, width))`` for this cut."""
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> object:
+        """A fresh accumulator with ``update(index, current, original)`` for this cut."""
 
-    def decide(self, cut: Cut, statistic: object, consumer: nn.Linear) -> Decision:
-        """Choose the neurons to keep and the consumer's new input weights."""
+    def decide(self, cut: Cut, statistic: object, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        """Choose the units to keep and the consumers' new input weights (from the
+        statistic and the current consumer/producer layers; modules are not modified)."""
 
 
 def check_budget(tol: float | None, keep: float | None) -> None:

@@ -30,8 +30,16 @@ on the calibration data (their pivots are 0), which is exact on that data only.
 
 Error bound (seed, Questions 2/4 and eq. (9)): ``‖(Z − Z[:, C] T) Wᵀ‖₂ / √N ≤
 ‖R₂₂‖₂ ‖W‖₂`` where ``R₂₂`` is the trailing block of the pivoted QR of ``Z/√N``;
-that product is what ``error_bound`` reports (consumer pre-activation error, spectral
+that product is what ``error`` reports (consumer pre-activation error, spectral
 norm over the calibration set, per √sample).
+
+Convolutions and flattened feature maps (Robin §2.5): a channel is one column of the
+unit-level activation matrix whose rows are every (sample, pixel) position, so
+``Z ≈ Z[:, C] T`` holds pixel by pixel and ``T`` folds into each spatial tap of the
+consumer: ``W'[o, j, p] = Σ_c W[o, c, p] T[j, c]``. Several consumers of one cut (a
+joint cut) contribute their rows to the same ``Z`` and share ``C`` and ``T``. ``‖W‖₂`` is
+then the spectral norm of all consumers' taps stacked, ``(Σ out_i·s_i, width)``; for a
+single Linear consumer this is the seed's bound, for convolutions a per-tap bound.
 """
 
 from __future__ import annotations
@@ -41,40 +49,56 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
+from ..layers import unit_rows, weight_matrix
 from ..linalg import interpolative_decomposition, spectral_norm
 from ..observe import RFactor
 from .base import Decision, check_budget, count_from_fraction
 
 
+class UnitRows:
+    """Streaming R factor of the cut's units seen by all its consumers (rows, width)."""
+
+    def __init__(self, cut: Cut, consumers: list[nn.Module]):
+        self.width = cut.width
+        self.consumers = consumers
+        self.r_factor = RFactor(cut.width)
+
+    def update(self, index: int, current: torch.Tensor, original: torch.Tensor | None = None) -> None:
+        self.r_factor.update(unit_rows(current, self.consumers[index], self.width))
+
+
 class Interpolative:
-    """``method="interpolative"``: keep ``k`` neurons chosen by pivoted QR, fold ``T``."""
+    """``method="interpolative"``: keep ``k`` units chosen by pivoted QR, fold ``T``."""
 
     name = "interpolative"
+    needs_reference = False
 
     def __init__(self, tol: float | None = None, keep: float | None = None):
         check_budget(tol, keep)
         self.tol = tol
         self.keep = keep
 
-    def statistic(self, cut: Cut) -> RFactor:
-        return RFactor(cut.width)
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> UnitRows:
+        return UnitRows(cut, consumers)
 
-    def decide(self, cut: Cut, statistic: RFactor, consumer: nn.Linear) -> Decision:
-        r_factor = statistic.result()  # (min(N, n), n), float64
-        weight = consumer.weight.detach().to(torch.float64)  # (out, n)
+    def decide(self, cut: Cut, statistic: UnitRows, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        r_factor = statistic.r_factor.result()  # (min(rows, n), n), float64
         width = cut.width
-        weight_norm = spectral_norm(weight)
+        taps = [weight_matrix(layer).reshape(-1, width, _taps(layer, width)) for layer in consumers]
+        stacked = torch.cat([t.permute(0, 2, 1).reshape(-1, width) for t in taps])  # (Σ out·s, n)
+        weight_norm = spectral_norm(stacked)
 
         if self.tol == 0:
-            return _keep_everything(width, weight, consumer)
+            return _keep_everything(width, consumers)
         if self.keep is not None:
             k = count_from_fraction(self.keep, width)
             if k == width:
-                return _keep_everything(width, weight, consumer)
+                return _keep_everything(width, consumers)
             if k > r_factor.shape[0]:
                 raise InvalidInputError(
-                    f"at {cut.name!r}: keeping {k} of {width} neurons needs at least {k} "
-                    f"calibration samples, but only {statistic.count} were given; pass more "
+                    f"at {cut.name!r}: keeping {k} of {width} units needs at least {k} "
+                    f"calibration rows, but only {statistic.r_factor.count} were given; pass more "
                     "calibration data"
                 )
             decomposition = interpolative_decomposition(r_factor, k=k)
@@ -86,19 +110,28 @@ class Interpolative:
             if decomposition.rank == 0:
                 decomposition = interpolative_decomposition(r_factor, k=1)
             elif decomposition.rank == width:
-                return _keep_everything(width, weight, consumer)
+                return _keep_everything(width, consumers)
 
         cols, interpolation = decomposition.cols, decomposition.T  # (k,), (k, n)
         order = torch.argsort(cols)
         kept = cols[order]
-        new_weight = (weight @ interpolation.T)[:, order]
+        interpolation = interpolation[order]
+        weights = tuple(
+            torch.einsum("ocs,kc->oks", tap, interpolation).reshape(tap.shape[0], -1).to(layer.weight.dtype)
+            for tap, layer in zip(taps, consumers)
+        )
         return Decision(
             kept=kept.to(torch.int64),
-            consumer_weight=new_weight.to(consumer.weight.dtype),
-            error_bound=decomposition.error_bound * weight_norm,
+            consumer_weights=weights,
+            error=decomposition.error_bound * weight_norm,
         )
 
 
-def _keep_everything(width: int, weight: torch.Tensor, consumer: nn.Linear) -> Decision:
-    kept = torch.arange(width, device=weight.device)
-    return Decision(kept=kept, consumer_weight=consumer.weight.detach().clone(), error_bound=0.0)
+def _taps(layer: nn.Module, width: int) -> int:
+    return weight_matrix(layer).shape[1] // width
+
+
+def _keep_everything(width: int, consumers: list[nn.Module]) -> Decision:
+    kept = torch.arange(width, device=consumers[0].weight.device)
+    weights = tuple(weight_matrix(layer).to(layer.weight.dtype) for layer in consumers)
+    return Decision(kept=kept, consumer_weights=weights, error=0.0)

@@ -1,0 +1,144 @@
+"""Baselines on the same interface: what other tools do without reconstruction.
+
+- ``magnitude``: keep the units whose producer rows have the largest ℓ2 norm (summed
+  over the producers of a joint cut; the consumer columns for a sampled cut) and
+  simply drop the others — structured magnitude pruning as Torch-Pruning or NNI do it
+  without finetuning. ``refit=True`` adds the least-squares refit of the consumers on
+  the kept units (the debiasing step of Robin §2.4 on a magnitude support).
+- ``random``: a uniformly random support (seeded), refitted by least squares by default.
+- ``lowrank``: data-aware truncated SVD of every consumer (Robin §1.4, §2.3): the rank-r
+  ``W_r`` minimising ``E‖W x − W_r x‖²`` is ``U_r U_rᵀ W`` with ``U_r`` the top eigenvectors
+  of ``W E[x xᵀ] Wᵀ``; the layer becomes two layers with ``r·(n + m)`` weights. It
+  removes no neuron: the widths of the network are unchanged.
+
+``keep`` is the fraction of units kept per cut (for ``lowrank``: the fraction of the
+rank ``min(out, in)`` kept per consumer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..graph import Cut
+from ..layers import columns_of, out_units
+from ..observe import GramStatistic
+from .base import Decision, count_from_fraction
+from .regression import refit, regressions, relative_error
+
+
+def _check_keep(keep) -> float:
+    if keep is None or isinstance(keep, bool) or not isinstance(keep, (int, float)) \
+            or not math.isfinite(keep) or not 0 < keep <= 1:
+        raise InvalidInputError(f"keep must be a fraction in (0, 1] of the units kept per layer, got {keep!r}")
+    return float(keep)
+
+
+class _Support:
+    """Shared shape of the support baselines: choose units, then drop or refit."""
+
+    needs_reference = True
+
+    def __init__(self, keep: float, refit: bool):
+        self.keep = _check_keep(keep)
+        if not isinstance(refit, bool):
+            raise InvalidInputError(f"refit must be True or False, got {refit!r}")
+        self.refit = refit
+
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
+        return GramStatistic(consumers)
+
+    def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        problems = regressions(cut, statistic, consumers)
+        k = count_from_fraction(self.keep, cut.width)
+        kept = torch.sort(self.choose(cut, consumers, producers, k)).values.to(problems[0].gram.device)
+        if self.refit:
+            weights = [refit(p, kept) for p in problems]
+        else:
+            weights = [p.weight[:, columns_of(kept, p.group)] for p in problems]
+        return Decision(
+            kept=kept.cpu(),
+            consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
+            error=relative_error(problems, kept, weights),
+        )
+
+    def choose(self, cut: Cut, consumers: list[nn.Module], producers: list[nn.Module], k: int) -> torch.Tensor:
+        """The ``k`` units to keep, ``(k,)`` int64."""
+        raise NotImplementedError
+
+
+class Magnitude(_Support):
+    """``method="magnitude"``: largest producer-row norms; ``refit`` optional (default off)."""
+
+    name = "magnitude"
+
+    def __init__(self, keep: float | None = None, refit: bool = False):
+        super().__init__(keep, refit)
+
+    def choose(self, cut, consumers, producers, k):
+        if producers:
+            scores = sum(_row_scores(layer) for layer in producers)
+        else:
+            scores = sum(_column_scores(layer, cut.width) for layer in consumers)
+        return torch.argsort(scores, descending=True, stable=True)[:k].cpu()
+
+
+class Random(_Support):
+    """``method="random"``: a uniformly random support (``seed``), refitted by default."""
+
+    name = "random"
+
+    def __init__(self, keep: float | None = None, refit: bool = True, seed: int = 0):
+        super().__init__(keep, refit)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def choose(self, cut, consumers, producers, k):
+        return torch.randperm(cut.width, generator=self.generator)[:k]
+
+
+def _row_scores(layer: nn.Module) -> torch.Tensor:
+    weight = layer.weight.detach().double()
+    return weight.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
+
+
+def _column_scores(layer: nn.Module, width: int) -> torch.Tensor:
+    weight = layer.weight.detach().double()
+    return weight.reshape(weight.shape[0], width, -1).pow(2).sum(dim=(0, 2))
+
+
+class LowRank:
+    """``method="lowrank"``: data-aware truncated SVD of each consumer (keeps every unit)."""
+
+    name = "lowrank"
+    needs_reference = True
+
+    def __init__(self, keep: float | None = None):
+        self.keep = _check_keep(keep)
+
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
+        return GramStatistic(consumers)
+
+    def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        problems = regressions(cut, statistic, consumers)
+        factors, error, energy = [], 0.0, 0.0
+        for p, layer in zip(problems, consumers):
+            out, d = p.weight.shape
+            rank = count_from_fraction(self.keep, min(out, d))
+            # The output covariance W E[x xᵀ] Wᵀ on the layer's current inputs; its top
+            # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W in the E‖(W − W_r) x‖² sense.
+            covariance = p.weight @ p.gram @ p.weight.T
+            _, vectors = scipy.linalg.eigh(covariance.cpu().numpy())
+            basis = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1][:, :rank])).to(p.weight)
+            right = basis.T @ p.weight  # (r, d)
+            factors.append((basis.to(layer.weight.dtype), right.to(layer.weight.dtype)))
+            error += p.error(torch.arange(d, device=p.gram.device), basis @ right)
+            energy += p.energy
+        return Decision(kept=torch.arange(cut.width), consumer_weights=(),
+                        error=(error / energy) ** 0.5 if energy else 0.0, factors=tuple(factors))

@@ -1,0 +1,118 @@
+"""Unit selection by ℓ2,1 (group-lasso) linear activation reconstruction (Robin §2).
+
+At a cut, each consumer's linear output is reconstructed from as few input units as
+possible (problem (6), one ℓ2 group per unit: a neuron's column, a channel's kh·kw
+patch columns, or its h·w features after a flatten), solved on the Gram statistics
+with FISTA or alternating minimisation (:func:`netshrink.linalg.group_lasso`). The
+units with a nonzero group are kept; by default the consumers are then refitted by
+least squares on that support (§2.4 "Tackling Lasso bias", ``debias=True``).
+
+Budget, exactly one of:
+- ``lam``: the regularisation as a fraction of the cut's ``λ_max`` (the smallest λ
+  that removes every unit), in [0, 1]. Relative λ makes one value mean the same
+  across layers of different scales. ``lam=0`` keeps every unit that is not
+  identically zero on the calibration data and refits: lossless on that data.
+- ``keep``: the fraction of units kept per cut, reached by a λ search.
+
+``error`` in the report is the relative RMS error of the consumers' pre-activations on
+the calibration data, ``sqrt(E‖y − ŷ‖² / E‖y‖²)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..graph import Cut
+from ..layers import columns_of
+from ..linalg import group_lasso, group_lasso_keep, lambda_max
+from ..observe import GramStatistic
+from .base import Decision, count_from_fraction
+from .regression import live_units, refit, regressions, relative_error, split, stacked
+
+SOLVERS = ("fista", "altmin")
+
+
+class GroupLasso:
+    """``method="group_lasso"``: ℓ2,1 reconstruction, then (by default) a least-squares refit."""
+
+    name = "group_lasso"
+    needs_reference = True
+
+    def __init__(self, lam: float | None = None, keep: float | None = None, debias: bool = True,
+                 solver: str = "fista", gap_tol: float = 1e-6):
+        if (lam is None) == (keep is None):
+            raise InvalidInputError(
+                "give exactly one of lam (the ℓ2,1 weight as a fraction of each layer's λ_max, "
+                f"in [0, 1]) or keep (the fraction of units kept per layer); got lam={lam!r}, keep={keep!r}"
+            )
+        if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
+                                or not math.isfinite(lam) or not 0 <= lam <= 1):
+            raise InvalidInputError(
+                f"lam must be in [0, 1] (a fraction of λ_max, the value that removes every unit), got {lam!r}"
+            )
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
+                                 or not math.isfinite(keep) or not 0 < keep <= 1):
+            raise InvalidInputError(f"keep must be a fraction in (0, 1] of the units kept per layer, got {keep!r}")
+        if solver not in SOLVERS:
+            raise InvalidInputError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+        if not isinstance(debias, bool):
+            raise InvalidInputError(f"debias must be True or False, got {debias!r}")
+        if isinstance(gap_tol, bool) or not isinstance(gap_tol, (int, float)) or not 0 < gap_tol < 1:
+            raise InvalidInputError(f"gap_tol (the solver's relative duality gap) must be in (0, 1), got {gap_tol!r}")
+        self.lam, self.keep, self.debias, self.solver, self.gap_tol = lam, keep, debias, solver, gap_tol
+
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
+        return GramStatistic(consumers)
+
+    def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        problems = regressions(cut, statistic, consumers)
+        width = cut.width
+        if self.lam == 0 or (self.keep is not None and count_from_fraction(self.keep, width) == width):
+            kept = live_units(problems, width) if self.lam == 0 else torch.arange(width)
+            if len(kept) == 0:
+                kept = torch.zeros(1, dtype=torch.int64)
+            return self._refitted(problems, kept.to(torch.int64), consumers)
+        gram, cross, energy, groups = stacked(problems, width)
+        if self.lam is not None:
+            lam = self.lam * lambda_max(cross, groups)
+            result = group_lasso(gram, cross, lam, groups, solver=self.solver, tol=self.gap_tol, energy=energy)
+        else:
+            k = count_from_fraction(self.keep, width)
+            try:
+                result = group_lasso_keep(gram, cross, k, groups, solver=self.solver, tol=self.gap_tol,
+                                          energy=energy)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"at {cut.name!r}: {exc}") from exc
+        kept = result.active.to(torch.int64)
+        if len(kept) == 0:  # λ = λ_max: keep the unit that matters most
+            kept = torch.argmax(_unit_norms(cross, groups, width)).reshape(1)
+        if self.debias:
+            return self._refitted(problems, kept, consumers)
+        blocks = split(result.M, problems)
+        weights = [block[:, columns_of(kept, p.group)] for block, p in zip(blocks, problems)]
+        return _decision(problems, kept, weights, consumers)
+
+    def _refitted(self, problems, kept, consumers) -> Decision:
+        kept = kept.to(problems[0].gram.device)
+        return _decision(problems, kept, [refit(p, kept) for p in problems], consumers)
+
+
+def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
+    """``‖cross[g, :]‖_F`` per unit ``(width,)``; ``groups`` an int group size or labels."""
+    squares = (cross**2).sum(dim=1)
+    if isinstance(groups, int):
+        return squares.reshape(width, groups).sum(dim=1).sqrt()
+    return torch.zeros(width, dtype=squares.dtype).index_add_(0, groups.cpu(), squares.cpu()).sqrt()
+
+
+def _decision(problems, kept, weights, consumers) -> Decision:
+    return Decision(
+        kept=kept.to(torch.int64).cpu(),
+        consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
+        error=relative_error(problems, kept, weights),
+    )

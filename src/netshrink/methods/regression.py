@@ -1,0 +1,109 @@
+"""The per-cut regression problem shared by the Gram-statistics methods.
+
+At a cut, consumer ``i`` with current weights ``W_i: (out_i, d_i)`` (``d_i = width·s_i``
+input columns, see :mod:`netshrink.layers`) reads rows ``x`` and must reproduce the
+targets ``y = W_i z`` (Robin problem (6), targets per chaining strategy §2.7). From the
+observed :class:`~netshrink.observe.GramStatistic` the problem is, in expectation form,
+
+    gram = E[x xᵀ] (d, d),   cross = E[x yᵀ] = E[x zᵀ] W_iᵀ (d, out),
+    energy = E‖y‖² = tr(W_i E[z zᵀ] W_iᵀ).
+
+Several consumers of one cut (a joint cut, Robin §2.6) share the unit selection: their
+problems are stacked block-diagonally, with unit ``c`` owning its columns in every
+block — the sum of the consumers' objectives with one ℓ2 norm per unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..graph import Cut
+from ..layers import columns_of, weight_matrix
+from ..linalg import lstsq_from_gram
+from ..observe import GramStatistic
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One consumer's problem: ``gram (d, d)``, ``cross (d, out)``, ``energy``, ``weight (out, d)``."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    energy: float
+    weight: torch.Tensor
+    group: int  # columns per unit, s
+
+    def error(self, columns: torch.Tensor, matrix: torch.Tensor) -> float:
+        """``E‖y − M x_S‖²`` for ``M: (out, |S|)`` on the columns ``S``."""
+        block = self.gram[columns][:, columns]
+        cross = self.cross[columns]
+        value = self.energy - 2 * float((matrix * cross.T).sum()) + float((matrix @ block * matrix).sum())
+        return max(value, 0.0)
+
+
+def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module]) -> list[Regression]:
+    """The problem of every consumer of ``cut``, from the statistics and current weights."""
+    problems = []
+    for index, layer in enumerate(consumers):
+        gram, cross, reference = statistic.result(index)
+        weight = weight_matrix(layer).to(gram.device)
+        energy = float((weight @ reference * weight).sum())
+        problems.append(Regression(gram, cross @ weight.T, energy, weight, weight.shape[1] // cut.width))
+    return problems
+
+
+def stacked(problems: list[Regression], width: int) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | int]:
+    """``(gram, cross, energy, groups)`` of the joint problem; ``groups`` as accepted by
+    :func:`netshrink.linalg.group_lasso` (an int for a single consumer, else labels)."""
+    if len(problems) == 1:
+        p = problems[0]
+        return p.gram, p.cross, p.energy, p.group
+    gram = torch.block_diag(*[p.gram for p in problems])
+    cross = torch.block_diag(*[p.cross for p in problems])
+    labels = torch.cat([torch.arange(width, device=gram.device).repeat_interleave(p.group) for p in problems])
+    return gram, cross, sum(p.energy for p in problems), labels
+
+
+def split(matrix: torch.Tensor, problems: list[Regression]) -> list[torch.Tensor]:
+    """Blocks ``(out_i, d_i)`` of a joint solution ``(Σ out_i, Σ d_i)``."""
+    blocks, row, col = [], 0, 0
+    for p in problems:
+        out, d = p.weight.shape
+        blocks.append(matrix[row:row + out, col:col + d])
+        row, col = row + out, col + d
+    return blocks
+
+
+def refit(problem: Regression, kept: torch.Tensor) -> torch.Tensor:
+    """Least-squares weights ``(out, k·s)`` on the kept units (Robin §2.4, debiasing).
+
+    Solves ``gram_SS Mᵀ = cross_S`` as ``M = W_S + Δ``: among the least-squares solutions
+    of a singular ``gram_SS`` (ridge-safe solve) this stays next to the original weights,
+    so units that are exactly redundant on the calibration data are replaced without
+    changing the layer anywhere else.
+    """
+    columns = columns_of(kept, problem.group)
+    original = problem.weight[:, columns]
+    residual_cross = problem.cross - problem.gram[:, columns] @ original.T
+    return original + lstsq_from_gram(problem.gram, residual_cross, columns)
+
+
+def relative_error(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor]) -> float:
+    """Relative RMS error ``sqrt(Σ E‖y − M x‖² / Σ E‖y‖²)`` of the new consumers on calibration."""
+    energy = sum(p.energy for p in problems)
+    if energy == 0:
+        return 0.0
+    error = sum(p.error(columns_of(kept, p.group), m) for p, m in zip(problems, weights))
+    return (error / energy) ** 0.5
+
+
+def live_units(problems: list[Regression], width: int) -> torch.Tensor:
+    """Units that are not identically zero on the calibration data (ascending)."""
+    alive = torch.zeros(width, dtype=torch.bool, device=problems[0].gram.device)
+    for p in problems:
+        diagonal = torch.diagonal(p.gram).reshape(width, p.group)
+        alive |= diagonal.sum(dim=1) > 0
+    return torch.nonzero(alive).flatten()

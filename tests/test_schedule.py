@@ -1,0 +1,88 @@
+"""Chaining strategies feed each layer the X and Y that Robin §2.7 defines."""
+
+import pytest
+import torch
+
+from netshrink.graph import find_cuts
+from netshrink.methods.baselines import Magnitude
+from netshrink.methods.regression import regressions
+from netshrink.observe import Calibration
+from netshrink.schedule import run_schedule
+
+from models import Chain
+
+
+class Recording(Magnitude):
+    """Magnitude + refit that records the regression problem each cut was given."""
+
+    def __init__(self):
+        super().__init__(keep=0.5, refit=True)
+        self.problems = {}
+
+    def decide(self, cut, statistic, consumers, producers):
+        self.problems[cut.name] = regressions(cut, statistic, consumers)[0]
+        return super().decide(cut, statistic, consumers, producers)
+
+
+def _setup():
+    torch.manual_seed(5)
+    model = Chain([6, 10, 8, 3]).double().eval()
+    x = torch.randn(300, 6, dtype=torch.float64)
+    cuts, _ = find_cuts(model)
+    return model, x, cuts
+
+
+def _run(chaining):
+    model, x, cuts = _setup()
+    method = Recording()
+    shrunk = Chain([6, 10, 8, 3]).double().eval()
+    shrunk.load_state_dict(model.state_dict())
+    decisions = dict((cut.name, d) for cut, d in run_schedule(shrunk, cuts, Calibration(x, 100), method, chaining))
+    return model, x, method.problems, decisions
+
+
+def _moments(x, y):
+    return x.T @ x / len(x), x.T @ y / len(x), float((y * y).sum() / len(x))
+
+
+def _check(problem, gram, cross, energy):
+    torch.testing.assert_close(problem.gram, gram, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(problem.cross, cross, rtol=1e-10, atol=1e-12)
+    assert problem.energy == pytest.approx(energy, rel=1e-10)
+
+
+@torch.no_grad()
+def test_parallel_uses_original_inputs_and_outputs():
+    model, x, problems, _ = _run("parallel")
+    l0, l1, l2 = model.layers
+    z1 = torch.relu(l0(x))
+    z2 = torch.relu(l1(z1))
+    _check(problems["layers.0"], *_moments(z1, z1 @ l1.weight.T))
+    _check(problems["layers.1"], *_moments(z2, z2 @ l2.weight.T))
+
+
+@torch.no_grad()
+def test_top_down_uses_compressed_inputs_and_original_outputs():
+    model, x, problems, decisions = _run("top_down")
+    l0, l1, l2 = model.layers
+    z1 = torch.relu(l0(x))
+    z2 = torch.relu(l1(z1))
+    _check(problems["layers.0"], *_moments(z1, z1 @ l1.weight.T))
+    # A_2 = σ(W₁' A_1[kept]): the first cut already applied, its consumer rewritten.
+    kept = decisions["layers.0"].kept
+    a2 = torch.relu(z1[:, kept] @ decisions["layers.0"].consumer_weights[0].T + l1.bias)
+    _check(problems["layers.1"], *_moments(a2, z2 @ l2.weight.T))
+    # the cross term pairs A_2 with the original Z_2, not with itself
+    assert not torch.allclose(problems["layers.1"].cross, a2.T @ (a2 @ l2.weight.T) / len(x))
+
+
+@torch.no_grad()
+def test_bottom_up_uses_original_inputs_and_only_the_kept_outputs():
+    model, x, problems, decisions = _run("bottom_up")
+    l0, l1, l2 = model.layers
+    z1 = torch.relu(l0(x))
+    z2 = torch.relu(l1(z1))
+    _check(problems["layers.1"], *_moments(z2, z2 @ l2.weight.T))
+    rows = decisions["layers.1"].kept  # C₂ᵀ: the outputs of W₁ the next layer kept
+    _check(problems["layers.0"], *_moments(z1, z1 @ l1.weight[rows].T))
+    assert problems["layers.0"].cross.shape == (10, len(rows))
