@@ -139,7 +139,7 @@ def compress(
             - ``"group_lasso"`` (ℓ2,1 reconstruction, Robin): ``lam`` (fraction of each
               cut's λ_max in [0, 1]; 0 is lossless on the calibration data) or ``keep``;
               ``debias`` (least-squares refit, default True), ``solver`` (``"fista"`` or
-              ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-6);
+              ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-4);
               or ``size``: the fraction of the model's parameters to keep, reached by a
               bisection on ``lam`` (one whole compression per step).
             - baselines: ``"magnitude"`` (``keep``, ``refit=False``), ``"random"``

@@ -46,6 +46,9 @@ Output-side reduction: ``P`` depends on ``M`` only through ``tr(M·gram·Mᵀ)``
 When ``out > d``, ``crossᵀ = Q·C`` (thin QR, ``Q: (out, d)``) reduces the problem to
 ``d`` outputs with ``cross' = Cᵀ``; the solution is ``M = Q·M'``. (Rows of ``M`` outside
 ``range(Q)`` only add to the quadratic term and the norms, so they vanish at the optimum.)
+The same reduction is applied to every working-set subproblem with fewer columns than
+outputs — the common case: a layer with 1024 outputs whose solution uses 450 inputs
+iterates on a 450 × 450 problem, 2.3× fewer flops per step.
 """
 
 from __future__ import annotations
@@ -207,10 +210,20 @@ def group_lasso(
     target = tol * 0.5 * energy
     if lam == 0:  # plain least squares: solved directly
         M, iterations = lstsq_from_gram(gram, cross), 0
+    elif callback is not None:  # the iterates of Alg. 1 on the full problem
+        M, iterations = _fista(gram, cross.T, lam, structure.labels, start, target, max_iter, restart,
+                               lambda m: problem.gap(m)[0], callback)
     elif solver == "fista":
-        M, iterations = _fista_working_set(problem, start, target, max_iter, restart, callback)
+        def inner(sub, labels, start_sub, inner_target, budget):
+            return _fista(sub.gram, sub.cross.T, lam, labels, start_sub, inner_target, budget, restart,
+                          lambda m: sub.gap(m)[0])
+
+        M, iterations = _working_set(problem, start, target, max_iter, inner)
     else:
-        M, iterations = _altmin(problem, start, target, max_iter, eps)
+        def inner(sub, labels, start_sub, inner_target, budget):
+            return _altmin(sub, start_sub, inner_target, budget, eps)
+
+        M, iterations = _working_set(problem, start, target, max_iter, inner)
     gap, objective = problem.gap(M)
     if lam == 0:  # the dual bound is degenerate at λ = 0; the direct solve is optimal
         gap = 0.0
@@ -341,19 +354,17 @@ def _fista(gram, cross_t, lam, labels, start, target_gap, max_iter, restart, gap
     return M, max_iter
 
 
-def _fista_working_set(problem: _Problem, start, target, max_iter, restart, callback):
-    """FISTA on growing working sets of groups until the full problem's gap is reached.
+def _working_set(problem: _Problem, start, target, max_iter, inner):
+    """Solve on growing working sets of groups until the full problem's gap is reached.
 
     Each round keeps the active groups plus the groups that violate the optimality
     condition ``‖(cross − gram Mᵀ)[g]‖ ≤ λ`` most (up to twice the active count, at least
-    16), solves that subproblem to a gap a quarter of the current one, and checks the
-    gap of the whole problem.
+    16), solves that subproblem with ``inner`` to a gap a quarter of the current one, and
+    checks the gap of the whole problem. Groups left out satisfy their optimality
+    condition at zero, so the final gap certifies the whole problem.
     """
     structure = problem.structure
     labels = structure.labels
-    if callback is not None:  # the iterates of Alg. 1 on the full problem
-        return _fista(problem.gram, problem.cross.T, problem.lam, labels, start, target, max_iter,
-                      restart, lambda M: problem.gap(M)[0], callback)
     M = start.clone()
     iterations = 0
     while iterations < max_iter:
@@ -378,23 +389,28 @@ def _fista_working_set(problem: _Problem, start, target, max_iter, restart, call
                        _Groups(len(columns), remap.cpu(), M.device), problem.energy)
         inner_target = target if whole else max(0.25 * gap, 0.5 * target)
         budget = max_iter - iterations
-        M_sub, used = _fista(sub_gram, sub.cross.T, problem.lam, remap.to(M.device), M[:, columns],
-                             inner_target, budget, restart, lambda m: sub.gap(m)[0])
+        start_sub, basis = M[:, columns], None
+        if M.shape[0] > len(columns):  # output-side reduction of the subproblem (module doc)
+            basis, upper = torch.linalg.qr(sub.cross.T)
+            sub = _Problem(sub_gram, upper.T, problem.lam, sub.structure, problem.energy)
+            start_sub = basis.T @ start_sub
+        M_sub, used = inner(sub, remap.to(M.device), start_sub, inner_target, budget)
         iterations += used
         M = torch.zeros_like(M)
-        M[:, columns] = M_sub
+        M[:, columns] = M_sub if basis is None else basis @ M_sub
         if used >= budget:
             break
     return M, iterations
 
 
 def _altmin(problem: _Problem, start, target, max_iter, eps):
-    """Alternating minimisation of the η-variational form with decreasing ε (Alg. 3).
+    """Alternating minimisation of the η-variational form (Alg. 3), finished by FISTA.
 
     For fixed η, ``M`` solves ``(gram + λ·D(η⁻¹)) Mᵀ = cross``; then
-    ``η_g = (‖M_g‖² + ε)^{1/2}``. Every 5 rounds a few proximal-gradient steps from the
-    current point zero the inactive groups exactly and the duality gap is checked;
-    ε shrinks tenfold when it is not yet reached.
+    ``η_g = (‖M_g‖² + ε)^{1/2}``. ε starts at ``eps`` and shrinks tenfold whenever ``M``
+    changes by less than 1% (relative) in a round, down to 1e-12 of its start. As in
+    §5.5 ("Better initial points") the result is the starting point of FISTA, which sets
+    the inactive groups exactly to zero and runs to the duality gap.
     """
     gram, cross, lam, structure = problem.gram, problem.cross, problem.lam, problem.structure
     labels = structure.labels
@@ -404,27 +420,29 @@ def _altmin(problem: _Problem, start, target, max_iter, eps):
     scale = float(structure.norms(cross.T).max()) / lipschitz  # a typical column norm of M
     if eps is None:
         eps = (1e-2 * scale) ** 2
+    floor = eps * 1e-12
     M = start.clone()
     if float(M.abs().max()) > 0:
         eta = (structure.norms(M) ** 2 + eps).sqrt()
     else:
         eta = torch.full((structure.count,), scale, dtype=M.dtype, device=M.device)
-    iterations = 0
-    while iterations < max_iter:
-        iterations += 1
+    rounds = 0
+    while rounds < min(max_iter, 200) and eps >= floor:
+        rounds += 1
         factor, info = torch.linalg.cholesky_ex(gram + torch.diag(lam / eta[labels]))
         if int(info) != 0:
             raise InvalidInputError("the alternating-minimisation system is not positive definite")
-        M = torch.cholesky_solve(cross, factor).T
+        new = torch.cholesky_solve(cross, factor).T
+        change = float((new - M).norm()) / max(float(new.norm()), 1e-300)
+        M = new
         eta = (structure.norms(M) ** 2 + eps).sqrt()
-        if iterations % 5 == 0:
-            polished, used = _fista(gram, cross.T, lam, labels, M, target, 50, True,
-                                    lambda m: problem.gap(m)[0])
-            iterations += used
-            if problem.gap(polished)[0] <= target:
-                return polished, iterations
+        if change < 1e-2:
+            if problem.gap(M)[0] <= target:
+                break
             eps *= 0.1
-    return M, iterations
+    polished, used = _fista(gram, cross.T, lam, labels, M, target, max(max_iter - rounds, 1), True,
+                            lambda m: problem.gap(m)[0])
+    return polished, rounds + used
 
 
 def _checked(gram, cross, energy):

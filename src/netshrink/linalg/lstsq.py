@@ -8,13 +8,14 @@ every refit of a fixed support (the ``magnitude``/``random`` + refit baselines).
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
 
-#: First relative ridge tried when the Cholesky factorisation of ``gram[S, S]`` fails.
-_FIRST_RIDGE = 1e-12
-_LAST_RIDGE = 1e-2
+#: Cholesky pivots below ``sqrt(_PIVOT_FLOOR · max diag)`` mean a numerically singular block.
+_PIVOT_FLOOR = 1e-13
 
 
 def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
@@ -26,11 +27,13 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
         cross: ``E[x yᵀ]``, ``(d, out)``.
         columns: the support ``S`` (int64 indices, or None for every column).
 
-    Ridge-safe: the Cholesky factorisation of ``gram[S, S]`` is tried first; when it
-    fails (a singular block: duplicated or dead inputs) a ridge ``δ·mean(diag)`` is added
-    with ``δ`` growing from 1e-12 by factors of 100 until it succeeds. For a singular
-    block this returns the least-squares solution of smallest norm up to ``O(δ)``, never
-    NaN. An all-zero block gives ``M = 0``.
+    Safe for singular blocks: the Cholesky factorisation of ``gram[S, S]`` is used when
+    its pivots are well above round-off; otherwise (duplicated, dead or dependent
+    inputs) the solution is ``cross_Sᵀ · gram_SS⁺``, the pseudo-inverse with LAPACK's
+    ``lstsq`` cutoff (eigenvalues below ``size·ε·λ_max`` are treated as zero) — the
+    least-squares solution of smallest norm, never NaN. (A small ridge instead would
+    amplify the round-off in the null space of ``gram_SS`` by its inverse.) An all-zero
+    block gives ``M = 0``.
     """
     gram = torch.as_tensor(gram).to(torch.float64)
     cross = torch.as_tensor(cross).to(device=gram.device, dtype=torch.float64)
@@ -49,18 +52,16 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
         return cross.new_zeros(cross.shape[1], 0)
     if not torch.isfinite(gram).all() or not torch.isfinite(cross).all():
         raise InvalidInputError("the statistics contain NaN/Inf; check the calibration data")
-    scale = float(torch.diagonal(gram).mean())
+    scale = float(torch.diagonal(gram).max())
     if scale <= 0:
         return cross.new_zeros(cross.shape[1], size)
-    ridge = 0.0
-    identity = torch.eye(size, dtype=torch.float64, device=gram.device)
-    while True:
-        factor, info = torch.linalg.cholesky_ex(gram + ridge * scale * identity)
-        if int(info) == 0 and torch.isfinite(factor).all():
-            # reject factorisations whose pivots collapsed to round-off: singular in practice
-            pivots = torch.diagonal(factor)
-            if float(pivots.min()) ** 2 > 1e-13 * scale or ridge > 0:
-                return torch.cholesky_solve(cross, factor).T
-        ridge = _FIRST_RIDGE if ridge == 0 else ridge * 100
-        if ridge > _LAST_RIDGE:
-            raise InvalidInputError("the Gram block could not be factorised even with a ridge")
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > _PIVOT_FLOOR * scale:
+        return torch.cholesky_solve(cross, factor).T
+    # Singular or numerically singular: the pseudo-inverse with LAPACK's lstsq cutoff.
+    values, vectors = scipy.linalg.eigh(gram.cpu().numpy())
+    cutoff = max(float(values[-1]), 0.0) * size * np.finfo(np.float64).eps
+    keep = values > cutoff
+    basis = vectors[:, keep]
+    solution = basis @ ((basis.T @ cross.cpu().numpy()) / values[keep, None])
+    return torch.from_numpy(solution.T.copy()).to(cross.device)

@@ -43,7 +43,7 @@ class GroupLasso:
     needs_reference = True
 
     def __init__(self, lam: float | None = None, keep: float | None = None, debias: bool = True,
-                 solver: str = "fista", gap_tol: float = 1e-6):
+                 solver: str = "fista", gap_tol: float = 1e-4):
         if (lam is None) == (keep is None):
             raise InvalidInputError(
                 "give exactly one of lam (the ℓ2,1 weight as a fraction of each layer's λ_max, "
