@@ -211,3 +211,40 @@ def test_augmentation_mirrors_and_translates():
         assert any(torch.equal(s, padded[:, i : i + 28, j : j + 28]) for i in range(5) for j in range(5))
     again = _augment(images, dataclasses.replace(plain, shift=2), torch.Generator().manual_seed(0))
     assert torch.equal(shifted, again)
+
+
+# Parameter counts written out by hand from the architectures.
+_COUNTS = {
+    "lenet300": 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10,
+    "lenet5": 20 * 25 + 20 + 50 * 20 * 25 + 50 + 800 * 500 + 500 + 500 * 10 + 10,
+    # conv 16-M-32-32-M-64-64-M (3×3, bias) + BatchNorm (2 per channel), fc 576→256→10
+    "vgg-fmnist": (1 * 16 * 9 + 16 + 32) + (16 * 32 * 9 + 32 + 64) + (32 * 32 * 9 + 32 + 64)
+    + (32 * 64 * 9 + 64 + 128) + (64 * 64 * 9 + 64 + 128) + (576 * 256 + 256) + (256 * 10 + 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_COUNTS))
+def test_robin_models_shapes_counts_and_tracing(name):
+    model = zoo.build(name).eval()
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == _COUNTS[name]
+    torch.fx.symbolic_trace(model)
+    assert same_weights(model.state_dict(), zoo.build(name).state_dict())
+    assert "Fashion-MNIST" in zoo.entry(name).description
+
+
+def test_robin_models_have_distinct_recipes():
+    keys = {zoo.paths(name)[0].name for name in zoo.names()}
+    assert len(keys) == len(zoo.names())
+
+
+def test_lenet5_is_the_caffe_variant_without_conv_activations():
+    features = zoo.build("lenet5").features
+    assert [type(m).__name__ for m in features] == ["Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,floor", [("lenet300", 0.88), ("lenet5", 0.89), ("vgg-fmnist", 0.92)])
+def test_trained_robin_models_meet_accuracy(name, floor, fmnist_test):
+    images, labels = fmnist_test
+    assert accuracy(zoo.load(name, progress=False), images, labels) >= floor

@@ -27,7 +27,14 @@ from torch import nn
 
 from netshrink.errors import InvalidInputError, UnknownModelError
 from netshrink.zoo import cache
-from netshrink.zoo.architectures import MLP7Recipe, ReluMLP, ReluMLPRecipe
+from netshrink.zoo.architectures import (
+    LeNet5Recipe,
+    LeNet300Recipe,
+    MLP7Recipe,
+    ReluMLP,
+    ReluMLPRecipe,
+    VGGRecipe,
+)
 from netshrink.zoo.cache import CorruptCacheError, cache_dir
 from netshrink.zoo.training import TrainingRecipe, default_device, fit
 
@@ -218,4 +225,22 @@ register(
     _MLP7,
     "Seed 001's model, eq. (10): flatten 28x28, 7 ReLU fully connected layers "
     f"({'-'.join(map(str, _MLP7.widths))}), linear classifier to 10 logits; Fashion-MNIST.",
+)
+
+register(
+    "lenet300",
+    LeNet300Recipe(),
+    "LeNet-300-100 (784-300-100-10 ReLU MLP) of Robin's Table 1, on Fashion-MNIST standing in for MNIST.",
+)
+register(
+    "lenet5",
+    LeNet5Recipe(),
+    "Caffe LeNet-5 (conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10) of Robin's Table 1, "
+    "on Fashion-MNIST standing in for MNIST.",
+)
+register(
+    "vgg-fmnist",
+    VGGRecipe(),
+    "VGG-style CNN (conv 16-M-32-32-M-64-64-M with BatchNorm, fc 256, fc 10) standing in for "
+    "AlexNet of Robin's Table 1 (ImageNet is not reachable); Fashion-MNIST.",
 )

@@ -17,7 +17,10 @@ from torch import nn
 from netshrink.errors import InvalidInputError
 from netshrink.zoo.training import TrainingRecipe
 
-__all__ = ["ReluMLP", "ReluMLPRecipe", "MLP7Recipe"]
+__all__ = [
+    "ReluMLP", "ReluMLPRecipe", "MLP7Recipe", "LeNet300Recipe",
+    "LeNet5", "LeNet5Recipe", "VGG", "VGGRecipe",
+]
 
 
 class ReluMLP(nn.Module):
@@ -105,3 +108,111 @@ class MLP7Recipe(ReluMLPRecipe):
     weight_decay: float = 0.05
     schedule: str = "cosine"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class LeNet300Recipe(ReluMLPRecipe):
+    """``lenet300``: LeNet-300-100 (784-300-100-10, 266,610 parameters), Robin Table 1.
+
+    Trained on Fashion-MNIST standing in for MNIST (not reachable here): AdamW (lr 1e-3,
+    weight decay 0.05), cosine schedule, batch 128, 20 epochs, seed 0.
+    """
+
+    widths: tuple[int, ...] = (300, 100)
+    epochs: int = 20
+    batch_size: int = 128
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5 (Robin Table 1): conv 20@5×5 → max-pool 2 → conv 50@5×5 → max-pool 2
+    → flatten (800) → fc 500 → ReLU → fc 10; 431,080 parameters.
+
+    Faithful to the Caffe model: there is no non-linearity after the convolutions,
+    only the max-pooling. Input ``(N, 1, 28, 28)``, output ``(N, 10)`` logits.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 20, 5), nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(50 * 4 * 4, 500), nn.ReLU(), nn.Linear(500, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@dataclass(frozen=True)
+class LeNet5Recipe(TrainingRecipe):
+    """``lenet5``: :class:`LeNet5` on Fashion-MNIST (standing in for MNIST): AdamW (lr 1e-3,
+    weight decay 0.05), cosine schedule, batch 128, 10 epochs, ±2 pixel shifts, seed 0."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    shift: int = 2
+
+    def build(self) -> LeNet5:
+        return LeNet5()
+
+    def architecture(self) -> dict[str, Any]:
+        return {"class": "LeNet5", "input_shape": [1, 28, 28], "variant": "caffe",
+                "conv": [20, 50], "fc": [500, 10]}
+
+
+class VGG(nn.Module):
+    """A VGG-style CNN: blocks of 3×3 conv (padding 1) + BatchNorm + ReLU, a 2×2 max-pool
+    after each block, then flatten → fc → ReLU → Dropout → fc.
+
+    ``channels`` lists the convolutions' widths with ``"M"`` for a pooling; input
+    ``(N, 1, 28, 28)``.
+    """
+
+    def __init__(self, channels: Sequence[int | str], hidden: int, num_classes: int = 10,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, previous = 28, 1
+        for item in channels:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            else:
+                layers += [nn.Conv2d(previous, int(item), 3, padding=1), nn.BatchNorm2d(int(item)), nn.ReLU()]
+                previous = int(item)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(previous * size * size, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@dataclass(frozen=True)
+class VGGRecipe(TrainingRecipe):
+    """``vgg-fmnist``: a VGG-style CNN standing in for AlexNet (ImageNet is not reachable):
+    conv 16-M-32-32-M-64-64-M with BatchNorm, fc 256, fc 10 (220,170 parameters), sized
+    to train in about 20 minutes on 2 CPU cores. AdamW (lr 2e-3, weight decay 0.05),
+    cosine schedule after half an epoch of warmup, batch 128, 10 epochs, mirrored and
+    ±2 pixel shifted training images, label smoothing 0.1, seed 0."""
+
+    channels: tuple = (16, "M", 32, 32, "M", 64, 64, "M")
+    hidden: int = 256
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_epochs: float = 0.5
+    hflip: bool = True
+    shift: int = 2
+    label_smoothing: float = 0.1
+
+    def build(self) -> VGG:
+        return VGG(self.channels, self.hidden)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"class": "VGG", "input_shape": [1, 28, 28], "channels": list(self.channels),
+                "hidden": self.hidden, "dropout": 0.3}
