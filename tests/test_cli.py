@@ -76,3 +76,19 @@ def test_tol_and_keep_are_exclusive(capsys):
 def test_bad_keep_is_reported(capsys):
     status, _, err = run(capsys, "compress", "mlp7", "--keep", "1.5", "--calibration-size", "100")
     assert status == 2 and "keep must be" in err
+
+
+def test_group_lasso_from_the_command_line(trained_mlp7, capsys, tmp_path):
+    status, out, _ = run(capsys, "compress", "mlp7", "--method", "group_lasso", "--lam", "0.02",
+                         "--chaining", "parallel", "--calibration-size", "1000", "--json")
+    assert status == 0
+    report = json.loads(out)
+    assert report["method"] == "group_lasso" and report["options"]["lam"] == 0.02
+    assert report["options"]["chaining"] == "parallel"
+    assert report["params_after"] < 0.2 * report["params_before"]
+    assert all(0 <= layer["error"] < 1 for layer in report["layers"])
+
+
+def test_option_of_another_method_is_reported(capsys):
+    status, _, err = run(capsys, "compress", "mlp7", "--method", "interpolative", "--lam", "0.1")
+    assert status == 2 and "has no option lam" in err
