@@ -12,7 +12,9 @@ Budget, exactly one of:
   that removes every unit), in [0, 1]. Relative λ makes one value mean the same
   across layers of different scales. ``lam=0`` keeps every unit that is not
   identically zero on the calibration data and refits: lossless on that data.
-- ``keep``: the fraction of units kept per cut, reached by a λ search.
+- ``keep``: the fraction of units kept per cut, reached by a λ search; units that are
+  identically zero on the calibration data are always removed, so a cut keeps fewer
+  when it has fewer live units.
 
 ``error`` in the report is the relative RMS error of the consumers' pre-activations on
 the calibration data, ``sqrt(E‖y − ŷ‖² / E‖y‖²)``.
@@ -72,19 +74,20 @@ class GroupLasso:
                producers: list[nn.Module]) -> Decision:
         problems = regressions(cut, statistic, consumers)
         width = cut.width
-        if self.lam == 0 or (self.keep is not None and count_from_fraction(self.keep, width) == width):
-            kept = live_units(problems, width) if self.lam == 0 else torch.arange(width)
-            if len(kept) == 0:
-                kept = torch.zeros(1, dtype=torch.int64)
+        live = live_units(problems, width)
+        wanted = count_from_fraction(self.keep, width) if self.keep is not None else None
+        if self.lam == 0 or (wanted is not None and wanted >= len(live)):
+            # every unit that is not identically zero on the calibration data: the refit
+            # is exact there (units that never fire carry nothing to reconstruct)
+            kept = live if len(live) else torch.zeros(1, dtype=torch.int64)
             return self._refitted(problems, kept.to(torch.int64), consumers)
         gram, cross, energy, groups = stacked(problems, width)
         if self.lam is not None:
             lam = self.lam * lambda_max(cross, groups)
             result = group_lasso(gram, cross, lam, groups, solver=self.solver, tol=self.gap_tol, energy=energy)
         else:
-            k = count_from_fraction(self.keep, width)
             try:
-                result = group_lasso_keep(gram, cross, k, groups, solver=self.solver, tol=self.gap_tol,
+                result = group_lasso_keep(gram, cross, wanted, groups, solver=self.solver, tol=self.gap_tol,
                                           energy=energy)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"at {cut.name!r}: {exc}") from exc

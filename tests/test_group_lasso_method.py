@@ -1,0 +1,103 @@
+"""method="group_lasso" through compress: budgets, debiasing, solvers and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import netshrink
+from netshrink.errors import InvalidInputError
+
+from models import Chain, ConvNet
+
+
+def _chain(seed=0):
+    torch.manual_seed(seed)
+    model = Chain([8, 40, 30, 4]).double().eval()
+    return model, torch.randn(600, 8, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.3, 0.75])
+def test_keep_reaches_the_count_at_every_cut(keep):
+    model, x = _chain(1)
+    result = netshrink.compress(model, x, "group_lasso", keep=keep)
+    assert [layer.kept for layer in result.layers] == [math.ceil(keep * 40), math.ceil(keep * 30)]
+
+
+def test_debiasing_lowers_the_reconstruction_error_on_the_same_support():
+    model, x = _chain(2)
+    for lam in (0.05, 0.2, 0.5):
+        debiased = netshrink.compress(model, x, "group_lasso", lam=lam, chaining="parallel")
+        biased = netshrink.compress(model, x, "group_lasso", lam=lam, chaining="parallel", debias=False)
+        assert [l.kept_indices for l in debiased.layers] == [l.kept_indices for l in biased.layers]
+        for a, b in zip(debiased.layers, biased.layers):
+            assert a.error <= b.error + 1e-12
+
+
+@torch.no_grad()
+def test_reported_error_is_the_relative_error_of_the_consumer_on_calibration():
+    model, x = _chain(3)
+    result = netshrink.compress(model, x, "group_lasso", lam=0.1, layers=["layers.0"])
+    z = torch.relu(model.layers[0](x))
+    target = z @ model.layers[1].weight.T
+    kept = result.layers[0].kept_indices
+    approx = z[:, kept] @ result.model.layers[1].weight.T
+    expected = float((target - approx).norm() / target.norm())
+    assert result.layers[0].error == pytest.approx(expected, rel=1e-6)
+
+
+def test_fista_and_altmin_make_the_same_decision():
+    model, x = _chain(4)
+    a = netshrink.compress(model, x, "group_lasso", lam=0.1, solver="fista", gap_tol=1e-10)
+    b = netshrink.compress(model, x, "group_lasso", lam=0.1, solver="altmin", gap_tol=1e-10)
+    assert [l.kept_indices for l in a.layers] == [l.kept_indices for l in b.layers]
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
+
+
+def test_conv_channels_are_selected_by_groups_of_patch_columns():
+    torch.manual_seed(5)
+    model = ConvNet().double().eval()
+    x = torch.randn(200, 2, 16, 16, dtype=torch.float64)
+    result = netshrink.compress(model, x, "group_lasso", keep=0.4)
+    assert [l.kept for l in result.layers] == [3, 2, 7]
+    assert result.model.features[4].in_channels == 3 and result.model.head[1].in_features == 2 * 4
+    with torch.no_grad():
+        assert result.model(x).shape == (200, 4)
+
+
+def test_size_budget_finds_the_largest_model_below_it():
+    model, x = _chain(6)
+    result = netshrink.compress(model, x, "group_lasso", size=0.4)
+    assert result.ratio <= 0.4
+    assert result.options["size"] == 0.4 and 0 < result.options["lam"] <= 1
+    looser = netshrink.compress(model, x, "group_lasso", lam=result.options["lam"] / 2)
+    assert looser.ratio > result.ratio
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"lam": -0.1}, r"lam must be in \[0, 1\]"),
+    ({"lam": 1.5}, r"lam must be in \[0, 1\]"),
+    ({"lam": 0.1, "keep": 0.5}, "exactly one of lam"),
+    ({}, "exactly one of lam"),
+    ({"lam": 0.1, "solver": "admm"}, "unknown solver"),
+    ({"lam": 0.1, "gap_tol": 0}, "gap_tol"),
+    ({"lam": 0.1, "debias": "yes"}, "debias must be"),
+    ({"size": 1.5}, "size must be"),
+    ({"size": 0.5, "lam": 0.1}, "one budget"),
+    ({"lam": 0.1, "tol": 0.1}, "has no option tol"),
+])
+def test_bad_options(options, match):
+    model, x = _chain(7)
+    with pytest.raises(InvalidInputError, match=match):
+        netshrink.compress(model, x, "group_lasso", **options)
+
+
+@torch.no_grad()
+def test_keep_beyond_the_live_units_keeps_the_live_ones_exactly():
+    model, x = _chain(8)
+    model.layers[0].bias[:30] = -1e3  # 30 of the 40 neurons never fire
+    result = netshrink.compress(model, x, "group_lasso", keep=0.5, layers=["layers.0"])
+    assert result.layers[0].kept == 10 and result.layers[0].kept_indices == list(range(30, 40))
+    torch.testing.assert_close(result.model(x), model(x))
