@@ -277,3 +277,15 @@ class TestBadInput:
             group_lasso_keep(gram, cross, 6, energy=self.energy)
         with pytest.raises(InvalidInputError, match=r"keep must be an integer in \[1, 6\]"):
             group_lasso_keep(gram, cross, 0, energy=self.energy)
+
+
+def test_keep_search_completes_a_support_that_explains_almost_everything():
+    """Low-rank inputs: a few groups explain all of y; keep asks for more."""
+    rng = np.random.default_rng(130)
+    X = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 10)) + 1e-7 * rng.standard_normal((300, 10))
+    Y = X[:, :2] @ rng.standard_normal((2, 2))
+    gram, cross, energy = _statistics(X, Y)
+    result = group_lasso_keep(gram, cross, 8, tol=1e-4, energy=energy)
+    assert len(result.active) == 8
+    support = set(torch.nonzero(result.M.norm(dim=0) > 0).flatten().tolist())
+    assert support <= set(result.active.tolist())

@@ -243,7 +243,11 @@ def group_lasso_keep(
     Bisection on ``log λ`` in ``(0, λ_max)``, each solve warm-started from the solution
     at the nearest λ already solved. If the number of active groups jumps over ``keep``
     (ties), the smallest solved λ with more than ``keep`` active groups is taken and its
-    ``keep`` groups of largest norm are kept (the others zeroed).
+    ``keep`` groups of largest norm are kept (the others zeroed). If even λ → 0 leaves
+    fewer than ``keep`` groups nonzero at the gap tolerance (the rest explain almost
+    nothing), the support is completed with the groups that violate their optimality
+    condition most, i.e. would enter next; ``active`` then includes groups with zero
+    columns, for a refit to use.
     """
     gram, cross, energy = _checked(gram, cross, energy)
     structure = _Groups(gram.shape[0], groups, gram.device)
@@ -256,7 +260,7 @@ def group_lasso_keep(
             f"keep={keep} groups, but only {alive} of {count} groups are not identically zero in the "
             "statistics: no λ > 0 reaches it; use lam=0 to keep everything"
         )
-    high = lambda_max(cross, groups)
+    high = top = lambda_max(cross, groups)
     if high == 0:
         raise InvalidInputError("cross is zero: every λ > 0 removes every group")
     solved: dict[float, GroupLassoResult] = {}
@@ -279,11 +283,23 @@ def group_lasso_keep(
         else:
             high = lam
         lam = math.sqrt(low * high) if low > 0 else high * 0.1
-        if low > 0 and high / low < 1 + 1e-9:
+        if (low > 0 and high / low < 1 + 1e-9) or (low == 0 and lam < 1e-10 * top):
             break
     above = [r for lam_, r in sorted(solved.items()) if len(r.active) > keep]
     if not above:
-        raise InvalidInputError(f"no λ found with at least {keep} active groups; use lam=0 to keep everything")
+        # Even λ → 0 leaves fewer than ``keep`` groups above the gap tolerance: the others
+        # explain almost nothing. Complete the support with the groups whose optimality
+        # condition is violated most (those that would enter next), zero columns for them.
+        best = solved[min(solved)]
+        residual = cross.T - best.M @ gram
+        scores = structure.norms(residual)
+        chosen = structure.norms(best.M) > 0
+        scores[chosen] = math.inf
+        chosen[torch.argsort(scores, descending=True)[:keep]] = True
+        gap, objective = _Problem(gram, cross, best.lam, structure, energy).gap(best.M)
+        return GroupLassoResult(M=best.M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
+                                objective=objective, lam=best.lam, iterations=best.iterations,
+                                converged=False)
     best = above[-1]  # the largest λ with more than keep groups
     norms = structure.norms(best.M)
     chosen = torch.zeros(count, dtype=torch.bool, device=gram.device)
