@@ -28,12 +28,12 @@ def images():
     from conftest import _require_dataset
 
     _require_dataset()
-    return calibration_images(600, seed=3)
+    return calibration_images(300, seed=3)
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", zoo.names())
-@pytest.mark.parametrize("chaining", ["top_down", "parallel", "bottom_up"])
+@pytest.mark.parametrize("name,chaining", [(name, "top_down") for name in zoo.names()]
+                         + [("lenet5", "parallel"), ("lenet5", "bottom_up")])
 def test_lam_zero_keeps_every_zoo_model_exactly(name, chaining, images):
     model = zoo.build(name).double().eval()
     calibration = images.double()

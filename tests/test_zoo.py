@@ -46,7 +46,7 @@ def test_unknown_name_suggests_close_match():
     assert "'mlp8'" in message and "Did you mean 'mlp7'?" in message and "Known models: " in message
     assert isinstance(caught.value, KeyError)
     with pytest.raises(UnknownModelError, match="Known models") as caught:
-        zoo.load("resnet152")
+        zoo.load("bert-large")  # close to no zoo name
     assert "Did you mean" not in str(caught.value)
 
 
@@ -236,6 +236,82 @@ def test_robin_models_shapes_counts_and_tracing(name):
 def test_robin_models_have_distinct_recipes():
     keys = {zoo.paths(name)[0].name for name in zoo.names()}
     assert len(keys) == len(zoo.names())
+    # the recipes themselves differ, not only the names the keys include
+    same_name = {cache_key("x", zoo.recipe(name)) for name in zoo.names()}
+    assert len(same_name) == len(zoo.names())
+
+
+def test_mlp7_cache_key_is_unchanged():
+    # Weights already trained into users' caches are found under this key; changing
+    # MLP7Recipe, its architecture() or the shared TrainingRecipe fields retrains mlp7.
+    assert cache_key("mlp7", zoo.recipe("mlp7")) == "f8e543734df5"
+
+
+def test_names_are_sorted_and_include_the_robin_models():
+    assert zoo.names() == sorted(zoo.names())
+    assert {"lenet300", "lenet5", "mlp7", "vgg-fmnist"} <= set(zoo.names())
+
+
+@pytest.mark.parametrize("name", sorted(_COUNTS))
+def test_robin_models_build_under_the_recipe_seed(name):
+    state = torch.random.get_rng_state()
+    built = zoo.build(name).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    recipe = zoo.recipe(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        assert same_weights(built, recipe.build().state_dict())
+        torch.manual_seed(recipe.seed + 1)
+        assert not same_weights(built, recipe.build().state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(_COUNTS))
+def test_robin_models_use_every_standard_module_once(name):
+    model = zoo.build(name).eval()
+    traced = torch.fx.symbolic_trace(model)
+    called = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    leaves = [path for path, m in model.named_modules() if not list(m.children())]
+    assert sorted(called) == sorted(leaves) and len(set(called)) == len(called)
+    assert all(type(m).__module__.startswith("torch.nn.modules") for _, m in model.named_modules()
+               if m is not model and not isinstance(m, (torch.nn.Sequential, torch.nn.ModuleList)))
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(traced(x), model(x))
+    assert zoo.info(name)["parameters"] == _COUNTS[name]
+
+
+def test_lenet300_reuses_relu_mlp():
+    model = zoo.build("lenet300")
+    assert isinstance(model, zoo.ReluMLP)
+    layers = {path: (m.in_features, m.out_features) for path, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    assert layers == {"hidden.0": (784, 300), "hidden.1": (300, 100), "classifier": (100, 10)}
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg-fmnist"])
+def test_cnns_are_features_then_classifier(name):
+    nn = torch.nn
+    model = zoo.build(name).eval()
+    assert [n for n, _ in model.named_children()] == ["features", "classifier"]
+    assert isinstance(model.features, nn.Sequential) and isinstance(model.classifier, nn.Sequential)
+    assert all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d)) for m in model.features)
+    head = list(model.classifier)
+    assert isinstance(head[0], nn.Flatten) and isinstance(head[-1], nn.Linear)
+    assert all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in head[1:])
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), model.classifier(model.features(x)))
+    assert head[1].in_features == model.features(x).flatten(1).shape[1]
+
+
+def test_vgg_blocks_are_conv_batchnorm_relu():
+    features = list(zoo.build("vgg-fmnist").features)
+    convs = [i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d)]
+    for i in convs:
+        conv, bn, relu = features[i : i + 3]
+        assert conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+        assert isinstance(bn, torch.nn.BatchNorm2d) and bn.num_features == conv.out_channels
+        assert isinstance(relu, torch.nn.ReLU)
+    pools = [m for m in features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 3 and len(convs) + len(pools) == len(zoo.recipe("vgg-fmnist").channels)
 
 
 def test_lenet5_is_the_caffe_variant_without_conv_activations():
@@ -247,4 +323,8 @@ def test_lenet5_is_the_caffe_variant_without_conv_activations():
 @pytest.mark.parametrize("name,floor", [("lenet300", 0.88), ("lenet5", 0.89), ("vgg-fmnist", 0.92)])
 def test_trained_robin_models_meet_accuracy(name, floor, fmnist_test):
     images, labels = fmnist_test
-    assert accuracy(zoo.load(name, progress=False), images, labels) >= floor
+    acc = accuracy(zoo.load(name, progress=False), images, labels)
+    assert acc >= floor
+    info = zoo.info(name)
+    assert info["trained"] and info["test_accuracy"] == pytest.approx(acc)
+    assert info["parameters"] == _COUNTS[name]

@@ -115,7 +115,8 @@ class LeNet300Recipe(ReluMLPRecipe):
     """``lenet300``: LeNet-300-100 (784-300-100-10, 266,610 parameters), Robin Table 1.
 
     Trained on Fashion-MNIST standing in for MNIST (not reachable here): AdamW (lr 1e-3,
-    weight decay 0.05), cosine schedule, batch 128, 20 epochs, seed 0.
+    weight decay 0.05), cosine schedule, batch 128, 20 epochs, seed 0. Reaches 89.9%
+    test accuracy in about 1 minute on 2 CPU cores.
     """
 
     widths: tuple[int, ...] = (300, 100)
@@ -148,7 +149,8 @@ class LeNet5(nn.Module):
 @dataclass(frozen=True)
 class LeNet5Recipe(TrainingRecipe):
     """``lenet5``: :class:`LeNet5` on Fashion-MNIST (standing in for MNIST): AdamW (lr 1e-3,
-    weight decay 0.05), cosine schedule, batch 128, 10 epochs, ±2 pixel shifts, seed 0."""
+    weight decay 0.05), cosine schedule, batch 128, 10 epochs, ±2 pixel shifts, seed 0.
+    Reaches 90.1% test accuracy in about 7 minutes on 2 shared CPU cores."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -196,7 +198,7 @@ class VGG(nn.Module):
 class VGGRecipe(TrainingRecipe):
     """``vgg-fmnist``: a VGG-style CNN standing in for AlexNet (ImageNet is not reachable):
     conv 16-M-32-32-M-64-64-M with BatchNorm, fc 256, fc 10 (220,170 parameters), sized
-    to train in about 20 minutes on 2 CPU cores. AdamW (lr 2e-3, weight decay 0.05),
+    to train in about 15-25 minutes on 2 (shared) CPU cores; reaches 92.6% test accuracy. AdamW (lr 2e-3, weight decay 0.05),
     cosine schedule after half an epoch of warmup, batch 128, 10 epochs, mirrored and
     ±2 pixel shifted training images, label smoothing 0.1, seed 0."""
 
@@ -211,8 +213,12 @@ class VGGRecipe(TrainingRecipe):
     label_smoothing: float = 0.1
 
     def build(self) -> VGG:
-        return VGG(self.channels, self.hidden)
+        return VGG(self.channels, self.hidden, dropout=_VGG_DROPOUT)
 
     def architecture(self) -> dict[str, Any]:
         return {"class": "VGG", "input_shape": [1, 28, 28], "channels": list(self.channels),
-                "hidden": self.hidden, "dropout": 0.3}
+                "hidden": self.hidden, "dropout": _VGG_DROPOUT}
+
+
+#: Dropout of ``vgg-fmnist``'s classifier; part of its cache key through architecture().
+_VGG_DROPOUT = 0.3
