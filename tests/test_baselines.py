@@ -50,7 +50,7 @@ def test_random_support_depends_on_the_seed_only():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("keep", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("keep", [0.1, 0.25, 0.5, 1.0])  # 0.1: rank 1
 def test_lowrank_is_the_data_aware_truncated_svd(keep):
     model, x = _chain(4)
     result = netshrink.compress(model, x, "lowrank", keep=keep, chaining="parallel", layers=["layers.0"])

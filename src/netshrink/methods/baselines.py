@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import scipy.linalg
 import torch
 from torch import nn
@@ -135,7 +134,7 @@ class LowRank:
             # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W in the E‖(W − W_r) x‖² sense.
             covariance = p.weight @ p.gram @ p.weight.T
             _, vectors = scipy.linalg.eigh(covariance.cpu().numpy())
-            basis = torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1][:, :rank])).to(p.weight)
+            basis = torch.from_numpy(vectors[:, ::-1][:, :rank].copy()).to(p.weight)  # copy: no negative strides
             right = basis.T @ p.weight  # (r, d)
             factors.append((basis.to(layer.weight.dtype), right.to(layer.weight.dtype)))
             error += p.error(torch.arange(d, device=p.gram.device), basis @ right)
