@@ -36,9 +36,13 @@ def test_refit_is_the_least_squares_solution_on_the_kept_units():
         result = netshrink.compress(model, x, method, keep=0.5, layers=["layers.0"], **options)
         kept = result.layers[0].kept_indices
         z = torch.relu(model.layers[0](x))
-        y = z @ model.layers[1].weight.T
-        solution, *_ = np.linalg.lstsq(z[:, kept].numpy(), y.numpy(), rcond=None)
-        np.testing.assert_allclose(result.model.layers[1].weight.numpy(), solution.T, rtol=1e-7, atol=1e-9)
+        y = model.layers[1](z)
+        # least squares with an intercept: the bias absorbs the constant part
+        design = np.hstack([z[:, kept].numpy(), np.ones((len(x), 1))])
+        solution, *_ = np.linalg.lstsq(design, y.numpy(), rcond=None)
+        layer = result.model.layers[1]
+        np.testing.assert_allclose(layer.weight.numpy(), solution[:-1].T, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(layer.bias.numpy(), solution[-1], rtol=1e-7, atol=1e-9)
 
 
 def test_random_support_depends_on_the_seed_only():
@@ -57,13 +61,15 @@ def test_lowrank_is_the_data_aware_truncated_svd(keep):
     z = torch.relu(model.layers[0](x)).numpy()
     weight = model.layers[1].weight.numpy()
     rank = int(np.ceil(keep * min(weight.shape) - 1e-9))
-    # best rank-r approximation of y = W z in least squares over the calibration rows
-    u, _, _ = np.linalg.svd(z @ weight.T, full_matrices=False)
-    approx = (u[:, :rank] @ u[:, :rank].T @ (z @ weight.T))
+    # best rank-r approximation of y = W z plus an intercept, in least squares over the
+    # calibration rows: the top right singular vectors of the centred outputs
+    y = z @ weight.T
+    centred = y - y.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    approx = centred @ vt[:rank].T @ vt[:rank] + y.mean(axis=0) + model.layers[1].bias.numpy()
     layer = result.model.layers[1]
     assert layer.first.out_features == rank
-    np.testing.assert_allclose(layer(torch.from_numpy(z)).numpy() - layer.second.bias.numpy(), approx,
-                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(layer(torch.from_numpy(z)).numpy(), approx, rtol=1e-7, atol=1e-9)
     # it removes no unit: every width is unchanged
     assert result.model.layers[0].out_features == 12 and result.layers[0].kept == 12
 

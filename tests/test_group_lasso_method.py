@@ -40,9 +40,9 @@ def test_reported_error_is_the_relative_error_of_the_consumer_on_calibration():
     model, x = _chain(3)
     result = netshrink.compress(model, x, "group_lasso", lam=0.1, layers=["layers.0"])
     z = torch.relu(model.layers[0](x))
-    target = z @ model.layers[1].weight.T
+    target = z @ model.layers[1].weight.T  # the linear output; biases cancel in the difference
     kept = result.layers[0].kept_indices
-    approx = z[:, kept] @ result.model.layers[1].weight.T
+    approx = z[:, kept] @ result.model.layers[1].weight.T + (result.model.layers[1].bias - model.layers[1].bias)
     expected = float((target - approx).norm() / target.norm())
     assert result.layers[0].error == pytest.approx(expected, rel=1e-6)
 
@@ -61,8 +61,12 @@ def test_conv_channels_are_selected_by_groups_of_patch_columns():
     model = ConvNet().double().eval()
     x = torch.randn(200, 2, 16, 16, dtype=torch.float64)
     result = netshrink.compress(model, x, "group_lasso", keep=0.4)
-    assert [l.kept for l in result.layers] == [3, 2, 7]
-    assert result.model.features[4].in_channels == 3 and result.model.head[1].in_features == 2 * 4
+    kept = [l.kept for l in result.layers]
+    assert kept[:2] == [3, 2]  # ceil(0.4 · 6), ceil(0.4 · 5) channels
+    assert 1 <= kept[2] <= 7  # ceil(0.4 · 16), fewer when fewer hidden units are live
+    # a kept channel keeps its whole kh·kw patch block, or its h·w features after the flatten
+    assert result.model.features[4].in_channels == 3 and result.model.features[4].weight.shape[1:] == (3, 3, 3)
+    assert result.model.head[1].in_features == 2 * 4 and result.model.head[3].in_features == kept[2]
     with torch.no_grad():
         assert result.model(x).shape == (200, 4)
 
@@ -101,3 +105,33 @@ def test_keep_beyond_the_live_units_keeps_the_live_ones_exactly():
     result = netshrink.compress(model, x, "group_lasso", keep=0.5, layers=["layers.0"])
     assert result.layers[0].kept == 10 and result.layers[0].kept_indices == list(range(30, 40))
     torch.testing.assert_close(result.model(x), model(x))
+
+
+@torch.no_grad()
+def test_constant_units_move_into_the_consumer_bias():
+    model, x = _chain(9)
+    model.layers[0].weight[5:12] = 0.0
+    model.layers[0].bias[5:12] = torch.rand(7, dtype=torch.float64) + 0.5  # constant, always firing
+    result = netshrink.compress(model, x, "group_lasso", lam=0.0, layers=["layers.0"])
+    assert result.layers[0].kept == 33 and 5 not in result.layers[0].kept_indices
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-9, atol=1e-10)
+    # the intercept is what a least-squares fit with a constant column gives
+    z = torch.relu(model.layers[0](x))
+    kept = result.layers[0].kept_indices
+    design = torch.cat([z[:, kept], torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    solution = torch.linalg.lstsq(design, model.layers[1](z)).solution
+    torch.testing.assert_close(result.model.layers[1].bias, solution[-1], rtol=1e-8, atol=1e-9)
+
+
+@torch.no_grad()
+def test_a_consumer_without_bias_is_fitted_without_intercept():
+    model, x = _chain(10)
+    layer = model.layers[1]
+    model.layers[1] = torch.nn.Linear(40, 30, bias=False).double()
+    model.layers[1].weight.copy_(layer.weight)
+    result = netshrink.compress(model, x, "magnitude", keep=0.5, refit=True, layers=["layers.0"])
+    z = torch.relu(model.layers[0](x))
+    kept = result.layers[0].kept_indices
+    solution = torch.linalg.lstsq(z[:, kept], model.layers[1](z)).solution
+    assert result.model.layers[1].bias is None
+    torch.testing.assert_close(result.model.layers[1].weight, solution.T, rtol=1e-8, atol=1e-9)

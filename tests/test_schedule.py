@@ -42,13 +42,17 @@ def _run(chaining):
 
 
 def _moments(x, y):
-    return x.T @ x / len(x), x.T @ y / len(x), float((y * y).sum() / len(x))
+    """The centred problem of a consumer with a bias: covariances and the means."""
+    xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+    return xc.T @ xc / len(x), xc.T @ yc / len(x), float((yc * yc).sum() / len(x)), x.mean(dim=0), y.mean(dim=0)
 
 
-def _check(problem, gram, cross, energy):
+def _check(problem, gram, cross, energy, mean, target_mean):
     torch.testing.assert_close(problem.gram, gram, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(problem.cross, cross, rtol=1e-10, atol=1e-12)
     assert problem.energy == pytest.approx(energy, rel=1e-10)
+    torch.testing.assert_close(problem.mean, mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(problem.target_mean, target_mean, rtol=1e-10, atol=1e-12)
 
 
 @torch.no_grad()
@@ -70,10 +74,15 @@ def test_top_down_uses_compressed_inputs_and_original_outputs():
     _check(problems["layers.0"], *_moments(z1, z1 @ l1.weight.T))
     # A_2 = σ(W₁' A_1[kept]): the first cut already applied, its consumer rewritten.
     kept = decisions["layers.0"].kept
-    a2 = torch.relu(z1[:, kept] @ decisions["layers.0"].consumer_weights[0].T + l1.bias)
-    _check(problems["layers.1"], *_moments(a2, z2 @ l2.weight.T))
+    first = decisions["layers.0"]
+    a2 = torch.relu(z1[:, kept] @ first.consumer_weights[0].T + l1.bias + first.bias_shifts[0])
+    gram, _, _, mean, _ = _moments(a2, a2)
+    _, _, energy, _, target_mean = _moments(z2, z2 @ l2.weight.T)
     # the cross term pairs A_2 with the original Z_2, not with itself
-    assert not torch.allclose(problems["layers.1"].cross, a2.T @ (a2 @ l2.weight.T) / len(x))
+    centred = a2 - mean
+    cross = centred.T @ (z2 - z2.mean(dim=0)) @ l2.weight.T / len(x)
+    _check(problems["layers.1"], gram, cross, energy, mean, target_mean)
+    assert not torch.allclose(problems["layers.1"].cross, centred.T @ (centred @ l2.weight.T) / len(x))
 
 
 @torch.no_grad()

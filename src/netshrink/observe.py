@@ -132,6 +132,8 @@ class GramStatistic:
     ``cross = E[a zᵀ]`` and ``reference = E[z zᵀ]``; otherwise both equal ``gram``.
     A consumer with weights ``W: (out, d)`` then has the regression statistics
     ``E[a yᵀ] = cross Wᵀ`` and ``E‖y‖² = tr(W reference Wᵀ)`` for its target ``y = W z``.
+    The first moments ``E[a]`` and ``E[z]`` (:meth:`means`) let a refit absorb constants
+    into the consumer's bias (an intercept).
     """
 
     def __init__(self, consumers: Sequence[nn.Module]):
@@ -140,6 +142,8 @@ class GramStatistic:
         self._gram: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._cross: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._reference: list[torch.Tensor | None] = [None] * len(self.consumers)
+        self._sum: list[torch.Tensor | None] = [None] * len(self.consumers)
+        self._reference_sum: list[torch.Tensor | None] = [None] * len(self.consumers)
 
     def update(self, index: int, current: torch.Tensor, original: torch.Tensor | None = None) -> None:
         layer = self.consumers[index]
@@ -148,10 +152,12 @@ class GramStatistic:
         for rows in chunks:
             self.count[index] += rows.shape[0]
             self._gram[index] = _add(self._gram[index], rows.T @ rows)
+            self._sum[index] = _add(self._sum[index], rows.sum(dim=0))
             if paired is not None:
                 reference_rows = next(paired)
                 self._cross[index] = _add(self._cross[index], rows.T @ reference_rows)
                 self._reference[index] = _add(self._reference[index], reference_rows.T @ reference_rows)
+                self._reference_sum[index] = _add(self._reference_sum[index], reference_rows.sum(dim=0))
 
     def result(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(gram, cross, reference)`` of consumer ``index``, each ``(d, d)``, as means."""
@@ -162,6 +168,15 @@ class GramStatistic:
         if self._cross[index] is None:
             return gram, gram, gram
         return gram, self._cross[index] * scale, self._reference[index] * scale
+
+    def means(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[a], E[z])`` of consumer ``index``, each ``(d,)`` (equal without a reference)."""
+        if self.count[index] == 0:
+            raise InvalidInputError("no activations were observed at this cut")
+        mean = self._sum[index] / self.count[index]
+        if self._reference_sum[index] is None:
+            return mean, mean
+        return mean, self._reference_sum[index] / self.count[index]
 
 
 def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:

@@ -42,21 +42,25 @@ def apply_decision(model: nn.Module, cut, decision) -> None:
 
 
 def rewrite_inputs(model: nn.Module, cut, decision) -> None:
-    """Give every consumer its new input weights (or factors, or a sampler).
+    """Give every consumer its new input weights (or factors, or a sampler) and add the
+    decision's intercepts to their biases.
 
-    Only input columns change here, so this commutes with :func:`remove_units` of
+    Only input columns and consumer biases change here, so this commutes with :func:`remove_units` of
     other cuts: decisions made on one model can be applied in any order.
     """
     if decision.factors is not None:
         for path, (left, right) in zip(cut.consumers, decision.factors):
             _replace_layer(model, path, lambda layer, l=left, r=right: factorize(layer, l, r))
-        return
-    kept = decision.kept
-    for path, weight in zip(cut.consumers, decision.consumer_weights):
-        if cut.sampled:
-            set_submodule(model, path, _sampled(layer_at(model, path), kept, cut.width, weight))
-        else:
-            _replace_layer(model, path, lambda layer, w=weight: with_input_weights(layer, w, len(kept)))
+    else:
+        kept = decision.kept
+        for path, weight in zip(cut.consumers, decision.consumer_weights):
+            if cut.sampled:
+                set_submodule(model, path, _sampled(layer_at(model, path), kept, cut.width, weight))
+            else:
+                _replace_layer(model, path, lambda layer, w=weight: with_input_weights(layer, w, len(kept)))
+    for path, shift in zip(cut.consumers, decision.bias_shifts):
+        if shift is not None:
+            _shift_bias(model.get_submodule(path), shift)
 
 
 def remove_units(model: nn.Module, cut, decision) -> None:
@@ -104,6 +108,16 @@ def _sampled(layer: nn.Module, kept: torch.Tensor, width: int, weight: torch.Ten
         return Sampled(new, kept, dim=1)
     s = layer.in_features // width
     return Sampled(new, columns_of(kept, s), dim=-1)
+
+
+@torch.no_grad()
+def _shift_bias(module: nn.Module, shift: torch.Tensor) -> None:
+    """Add ``shift: (out,)`` to the bias of a freshly rewritten consumer (its intercept)."""
+    if isinstance(module, Sampled):
+        module = module.layer
+    if isinstance(module, LowRank):
+        module = module.second
+    module.bias.add_(shift.to(dtype=module.bias.dtype, device=module.bias.device))
 
 
 def _replace_layer(model: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> None:

@@ -32,12 +32,15 @@ class Decision:
         factors: for methods that factorise instead of removing units (``lowrank``):
             one ``(P: (out_i, r), Q: (r, d_i))`` pair per consumer, ``W ≈ P Q``; then
             ``kept`` is every unit and ``consumer_weights`` is empty.
+        bias_shifts: one ``(out_i,)`` vector or None per consumer, added to its bias
+            (the intercept of a refit); empty when no bias changes.
     """
 
     kept: torch.Tensor
     consumer_weights: tuple[torch.Tensor, ...]
     error: float
     factors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    bias_shifts: tuple[torch.Tensor | None, ...] = ()
 
 
 class Method(Protocol):

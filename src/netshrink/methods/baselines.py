@@ -4,11 +4,13 @@
   over the producers of a joint cut; the consumer columns for a sampled cut) and
   simply drop the others — structured magnitude pruning as Torch-Pruning or NNI do it
   without finetuning. ``refit=True`` adds the least-squares refit of the consumers on
-  the kept units (the debiasing step of Robin §2.4 on a magnitude support).
+  the kept units (the debiasing step of Robin §2.4 on a magnitude support), with the
+  same intercept as every refit (:mod:`.regression`).
 - ``random``: a uniformly random support (seeded), refitted by least squares by default.
 - ``lowrank``: data-aware truncated SVD of every consumer (Robin §1.4, §2.3): the rank-r
-  ``W_r`` minimising ``E‖W x − W_r x‖²`` is ``U_r U_rᵀ W`` with ``U_r`` the top eigenvectors
-  of ``W E[x xᵀ] Wᵀ``; the layer becomes two layers with ``r·(n + m)`` weights. It
+  ``W_r`` minimising ``E‖W x − W_r x − c‖²`` is ``U_r U_rᵀ W`` with ``U_r`` the top
+  eigenvectors of ``W Cov(x) Wᵀ`` (the bias absorbs ``c``; ``E[x xᵀ]`` for a consumer
+  without bias); the layer becomes two layers with ``r·(n + m)`` weights. It
   removes no neuron: the widths of the network are unchanged.
 
 ``keep`` is the fraction of units kept per cut (for ``lowrank``: the fraction of the
@@ -28,7 +30,7 @@ from ..graph import Cut
 from ..layers import columns_of, out_units
 from ..observe import GramStatistic
 from .base import Decision, count_from_fraction
-from .regression import refit, regressions, relative_error
+from .regression import bias_shifts, refit, regressions, relative_error
 
 
 def _check_keep(keep) -> float:
@@ -64,7 +66,8 @@ class _Support:
         return Decision(
             kept=kept.cpu(),
             consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
-            error=relative_error(problems, kept, weights),
+            error=relative_error(problems, kept, weights, shifted=self.refit),
+            bias_shifts=bias_shifts(problems, kept, weights) if self.refit else (),
         )
 
     def choose(self, cut: Cut, consumers: list[nn.Module], producers: list[nn.Module], k: int) -> torch.Tensor:
@@ -126,18 +129,21 @@ class LowRank:
     def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:
         problems = regressions(cut, statistic, consumers)
-        factors, error, energy = [], 0.0, 0.0
+        factors, shifts, error, energy = [], [], 0.0, 0.0
         for p, layer in zip(problems, consumers):
             out, d = p.weight.shape
             rank = count_from_fraction(self.keep, min(out, d))
-            # The output covariance W E[x xᵀ] Wᵀ on the layer's current inputs; its top
-            # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W in the E‖(W − W_r) x‖² sense.
+            # The output covariance W Cov(x) Wᵀ on the layer's current inputs; its top
+            # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W (plus intercept).
             covariance = p.weight @ p.gram @ p.weight.T
             _, vectors = scipy.linalg.eigh(covariance.cpu().numpy())
             basis = torch.from_numpy(vectors[:, ::-1][:, :rank].copy()).to(p.weight)  # copy: no negative strides
             right = basis.T @ p.weight  # (r, d)
             factors.append((basis.to(layer.weight.dtype), right.to(layer.weight.dtype)))
-            error += p.error(torch.arange(d, device=p.gram.device), basis @ right)
-            energy += p.energy
+            every = torch.arange(d, device=p.gram.device)
+            error += p.error(every, basis @ right)
+            shifts.append(p.bias_shift(every, basis @ right))
+            energy += p.total_energy
         return Decision(kept=torch.arange(cut.width), consumer_weights=(),
-                        error=(error / energy) ** 0.5 if energy else 0.0, factors=tuple(factors))
+                        error=(error / energy) ** 0.5 if energy else 0.0, factors=tuple(factors),
+                        bias_shifts=tuple(shifts))

@@ -16,8 +16,10 @@ Budget, exactly one of:
   identically zero on the calibration data are always removed, so a cut keeps fewer
   when it has fewer live units.
 
-``error`` in the report is the relative RMS error of the consumers' pre-activations on
-the calibration data, ``sqrt(E‖y − ŷ‖² / E‖y‖²)``.
+Consumers with a bias get an intercept (:mod:`.regression`): the selection and the refit
+work on centred statistics and the bias absorbs the constant part, with or without
+``debias``. ``error`` in the report is the relative RMS error of the consumers'
+pre-activations on the calibration data, ``sqrt(E‖y − ŷ‖² / E‖y‖²)``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..layers import columns_of
 from ..linalg import group_lasso, group_lasso_keep, lambda_max
 from ..observe import GramStatistic
 from .base import Decision, count_from_fraction
-from .regression import live_units, refit, regressions, relative_error, split, stacked
+from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
 
 SOLVERS = ("fista", "altmin")
 
@@ -118,4 +120,5 @@ def _decision(problems, kept, weights, consumers) -> Decision:
         kept=kept.to(torch.int64).cpu(),
         consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
         error=relative_error(problems, kept, weights),
+        bias_shifts=bias_shifts(problems, kept, weights),
     )

@@ -8,6 +8,13 @@ observed :class:`~netshrink.observe.GramStatistic` the problem is, in expectatio
     gram = E[x xᵀ] (d, d),   cross = E[x yᵀ] = E[x zᵀ] W_iᵀ (d, out),
     energy = E‖y‖² = tr(W_i E[z zᵀ] W_iᵀ).
 
+When the consumer has a bias, the fit has an intercept: the bias absorbs the constant
+part of the targets, so the problem is posed on the centred statistics
+``gram − μμᵀ``, ``cross − μ·E[y]ᵀ``, ``E‖y‖² − ‖E[y]‖²`` (``μ = E[x]``), and a fitted ``M``
+on the columns ``S`` comes with the bias change ``E[y] − M μ_S``. Units that are constant
+on the calibration data then carry nothing: removing them costs nothing at all. (Without
+a bias the statistics stay uncentred.)
+
 Several consumers of one cut (a joint cut, Robin §2.6) share the unit selection: their
 problems are stacked block-diagonally, with unit ``c`` owning its columns in every
 block — the sum of the consumers' objectives with one ℓ2 norm per unit.
@@ -26,21 +33,50 @@ from ..linalg import lstsq_from_gram
 from ..observe import GramStatistic
 
 
+#: a unit whose variance is below this fraction of its second moment is constant
+_CONSTANT = 1e-10
+
+
 @dataclass(frozen=True)
 class Regression:
-    """One consumer's problem: ``gram (d, d)``, ``cross (d, out)``, ``energy``, ``weight (out, d)``."""
+    """One consumer's problem: ``gram (d, d)``, ``cross (d, out)``, ``energy``, ``weight (out, d)``.
+
+    With an intercept (``mean`` given), ``gram``/``cross``/``energy`` are centred and
+    ``mean = E[x]: (d,)``, ``target_mean = E[y]: (out,)``; otherwise both are None.
+    """
 
     gram: torch.Tensor
     cross: torch.Tensor
     energy: float
     weight: torch.Tensor
     group: int  # columns per unit, s
+    mean: torch.Tensor | None = None
+    target_mean: torch.Tensor | None = None
 
-    def error(self, columns: torch.Tensor, matrix: torch.Tensor) -> float:
-        """``E‖y − M x_S‖²`` for ``M: (out, |S|)`` on the columns ``S``."""
+    @property
+    def total_energy(self) -> float:
+        """``E‖y‖²`` (uncentred), the scale of relative errors."""
+        if self.target_mean is None:
+            return self.energy
+        return self.energy + float(self.target_mean @ self.target_mean)
+
+    def bias_shift(self, columns: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor | None:
+        """``E[y] − M μ_S: (out,)``, the intercept of ``M: (out, |S|)``; None without one."""
+        if self.mean is None:
+            return None
+        return self.target_mean - matrix @ self.mean[columns]
+
+    def error(self, columns: torch.Tensor, matrix: torch.Tensor, shifted: bool = True) -> float:
+        """``E‖y − M x_S − c‖²`` for ``M: (out, |S|)`` on the columns ``S``.
+
+        ``c`` is the intercept :meth:`bias_shift` when ``shifted`` (the default), else 0
+        (a consumer whose bias is left as it was).
+        """
         block = self.gram[columns][:, columns]
         cross = self.cross[columns]
         value = self.energy - 2 * float((matrix * cross.T).sum()) + float((matrix @ block * matrix).sum())
+        if not shifted and self.mean is not None:
+            value += float(self.bias_shift(columns, matrix).square().sum())
         return max(value, 0.0)
 
 
@@ -50,8 +86,17 @@ def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module]) 
     for index, layer in enumerate(consumers):
         gram, cross, reference = statistic.result(index)
         weight = weight_matrix(layer).to(gram.device)
-        energy = float((weight @ reference * weight).sum())
-        problems.append(Regression(gram, cross @ weight.T, energy, weight, weight.shape[1] // cut.width))
+        group = weight.shape[1] // cut.width
+        if layer.bias is None:
+            energy = float((weight @ reference * weight).sum())
+            problems.append(Regression(gram, cross @ weight.T, energy, weight, group))
+            continue
+        mean, reference_mean = statistic.means(index)
+        gram = gram - torch.outer(mean, mean)
+        cross = cross - torch.outer(mean, reference_mean)
+        reference = reference - torch.outer(reference_mean, reference_mean)
+        energy = max(float((weight @ reference * weight).sum()), 0.0)
+        problems.append(Regression(gram, cross @ weight.T, energy, weight, group, mean, weight @ reference_mean))
     return problems
 
 
@@ -91,19 +136,36 @@ def refit(problem: Regression, kept: torch.Tensor) -> torch.Tensor:
     return original + lstsq_from_gram(problem.gram, residual_cross, columns)
 
 
-def relative_error(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor]) -> float:
-    """Relative RMS error ``sqrt(Σ E‖y − M x‖² / Σ E‖y‖²)`` of the new consumers on calibration."""
-    energy = sum(p.energy for p in problems)
+def relative_error(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor],
+                   shifted: bool = True) -> float:
+    """Relative RMS error ``sqrt(Σ E‖y − ŷ‖² / Σ E‖y‖²)`` of the new consumers on calibration.
+
+    ``ŷ = M x_S`` plus the intercept when ``shifted`` (see :meth:`Regression.error`).
+    """
+    energy = sum(p.total_energy for p in problems)
     if energy == 0:
         return 0.0
-    error = sum(p.error(columns_of(kept, p.group), m) for p, m in zip(problems, weights))
+    error = sum(p.error(columns_of(kept, p.group), m, shifted) for p, m in zip(problems, weights))
     return (error / energy) ** 0.5
 
 
+def bias_shifts(problems: list[Regression], kept: torch.Tensor,
+                weights: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """The intercept of every consumer's new weights (None for a consumer without a bias)."""
+    return tuple(p.bias_shift(columns_of(kept, p.group), m) for p, m in zip(problems, weights))
+
+
 def live_units(problems: list[Regression], width: int) -> torch.Tensor:
-    """Units that are not identically zero on the calibration data (ascending)."""
+    """Units that carry something on the calibration data (ascending): not identically
+    zero, and — for a consumer with an intercept — not constant (a constant unit's
+    contribution moves into the bias). Variances below ``1e-10·E[x²]`` count as round-off.
+    """
     alive = torch.zeros(width, dtype=torch.bool, device=problems[0].gram.device)
     for p in problems:
-        diagonal = torch.diagonal(p.gram).reshape(width, p.group)
-        alive |= diagonal.sum(dim=1) > 0
+        spread = torch.diagonal(p.gram).reshape(width, p.group).sum(dim=1)
+        if p.mean is None:
+            alive |= spread > 0
+        else:
+            size = spread + p.mean.square().reshape(width, p.group).sum(dim=1)
+            alive |= spread > _CONSTANT * size
     return torch.nonzero(alive).flatten()
