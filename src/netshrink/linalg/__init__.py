@@ -1,5 +1,5 @@
 """Pure numerics on tensors: column-pivoted QR, interpolative decomposition, spectral norm,
-ℓ2,1 group lasso and least squares from Gram statistics.
+ℓ2,1 group lasso and least squares from Gram statistics, the multi-task lasso of one layer.
 
 Nothing here knows about ``nn.Module``; inputs are torch tensors (any device) or numpy
 arrays, and results come back in the same kind.
@@ -16,10 +16,20 @@ from netshrink.linalg.group_lasso import (
 )
 from netshrink.linalg.interpolative import InterpolativeDecomposition, interpolative_decomposition
 from netshrink.linalg.lstsq import lstsq_from_gram
+from netshrink.linalg.multitask_lasso import (
+    MultitaskLassoResult,
+    ProxAdamResult,
+    multitask_lasso_fista,
+    multitask_objective,
+    multitask_objective_data,
+    multitask_statistics,
+    prox_adam,
+)
 from netshrink.linalg.spectral import spectral_norm
 
 __all__ = [
     "CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm",
     "GroupLassoResult", "group_lasso", "group_lasso_keep", "lambda_max", "duality_gap", "group_labels",
-    "lstsq_from_gram",
+    "lstsq_from_gram", "MultitaskLassoResult", "ProxAdamResult", "multitask_lasso_fista", "multitask_objective",
+    "multitask_objective_data", "multitask_statistics", "prox_adam",
 ]
