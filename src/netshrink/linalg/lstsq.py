@@ -3,16 +3,17 @@
 The debiasing step of Robin §2.4 ("Tackling Lasso bias"): once the support ``S`` of a
 group-lasso solution is known, the consumer is refitted by plain least squares on it,
 ``min_M ½E‖y − M x_S‖²``, i.e. ``gram[S, S] Mᵀ = cross[S, :]``. The same solve serves
-every refit of a fixed support (the ``magnitude``/``random`` + refit baselines).
+every refit of a fixed support (the ``magnitude``/``random`` + refit baselines, and
+:func:`~netshrink.linalg.group_lasso` at ``λ = 0``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
+
+__all__ = ["lstsq_from_gram"]
 
 #: Cholesky pivots below ``sqrt(_PIVOT_FLOOR · max diag)`` mean a numerically singular block.
 _PIVOT_FLOOR = 1e-13
@@ -22,18 +23,31 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
                     columns: torch.Tensor | None = None) -> torch.Tensor:
     """``M: (out, |S|)`` solving ``gram[S, S] Mᵀ = cross[S, :]`` in float64.
 
+    Minimises ``½E‖y − M x_S‖²`` given ``gram = E[x xᵀ]`` and ``cross = E[x yᵀ]``.
+
     Args:
         gram: ``E[x xᵀ]``, ``(d, d)``, symmetric positive semi-definite.
         cross: ``E[x yᵀ]``, ``(d, out)``.
         columns: the support ``S`` (int64 indices, or None for every column).
 
-    Safe for singular blocks: the Cholesky factorisation of ``gram[S, S]`` is used when
-    its pivots are well above round-off; otherwise (duplicated, dead or dependent
-    inputs) the solution is ``cross_Sᵀ · gram_SS⁺``, the pseudo-inverse with LAPACK's
-    ``lstsq`` cutoff (eigenvalues below ``size·ε·λ_max`` are treated as zero) — the
-    least-squares solution of smallest norm, never NaN. (A small ridge instead would
-    amplify the round-off in the null space of ``gram_SS`` by its inverse.) An all-zero
+    Returns:
+        ``(out, |S|)`` float64 on the device of ``gram``; ``(out, 0)`` for an empty support.
+
+    Safe for singular blocks (duplicated, dead or linearly dependent inputs), never NaN:
+    the Cholesky factorisation of ``gram[S, S]`` is used when its pivots are well above
+    round-off (``min pivot² > 1e-13·max diag``); otherwise the solution is the
+    minimum-norm least-squares solution of ``gram_SS Mᵀ = cross_S`` from LAPACK's
+    complete orthogonal factorisation (``gelsy``, pivoted QR with rank cutoff
+    ``|S|·ε_mach`` relative), i.e. ``cross_Sᵀ·gram_SS⁺`` — the solution of smallest norm
+    among the equally good ones, which for statistics of data is also the minimum-norm
+    least-squares solution on the data matrix. (A small ridge instead would amplify the
+    round-off in the null space of ``gram_SS`` by its inverse, and dense eigensolvers are
+    avoided: they are pathologically slow with threads on busy machines.) An all-zero
     block gives ``M = 0``.
+
+    Raises:
+        InvalidInputError: shapes that do not match, NaN/Inf in the statistics, or
+            column indices out of range.
     """
     gram = torch.as_tensor(gram).to(torch.float64)
     cross = torch.as_tensor(cross).to(device=gram.device, dtype=torch.float64)
@@ -44,7 +58,13 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
             f"cross must be (d, out) with d = {gram.shape[0]} rows like gram, got {tuple(cross.shape)}"
         )
     if columns is not None:
-        columns = torch.as_tensor(columns, dtype=torch.int64, device=gram.device)
+        columns = torch.as_tensor(columns, device=gram.device)
+        if columns.is_floating_point() or columns.ndim != 1:
+            raise InvalidInputError(f"columns must be a 1-D integer index tensor, got {columns.dtype} "
+                                    f"of shape {tuple(columns.shape)}")
+        columns = columns.to(torch.int64)
+        if columns.numel() and (int(columns.min()) < -gram.shape[0] or int(columns.max()) >= gram.shape[0]):
+            raise InvalidInputError(f"columns must index the {gram.shape[0]} inputs, got values outside it")
         gram = gram[columns][:, columns]
         cross = cross[columns]
     size = gram.shape[0]
@@ -58,10 +78,8 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
     factor, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > _PIVOT_FLOOR * scale:
         return torch.cholesky_solve(cross, factor).T
-    # Singular or numerically singular: the pseudo-inverse with LAPACK's lstsq cutoff.
-    values, vectors = scipy.linalg.eigh(gram.cpu().numpy())
-    cutoff = max(float(values[-1]), 0.0) * size * np.finfo(np.float64).eps
-    keep = values > cutoff
-    basis = vectors[:, keep]
-    solution = basis @ ((basis.T @ cross.cpu().numpy()) / values[keep, None])
-    return torch.from_numpy(solution.T.copy()).to(cross.device)
+    # Singular or numerically singular: minimum-norm solution by complete orthogonal
+    # factorisation (CPU LAPACK; other devices go through the CPU for this rare case).
+    rcond = size * torch.finfo(torch.float64).eps
+    solution = torch.linalg.lstsq(gram.cpu(), cross.cpu(), rcond=rcond, driver="gelsy").solution
+    return solution.T.contiguous().to(cross.device)
