@@ -11,9 +11,6 @@ from netshrink.cli import main
 from netshrink.errors import OutputExistsError
 from netshrink.experiments import robin
 
-# Not yet verified green within the default test budget: runs with `-m slow` until it is.
-pytestmark = pytest.mark.slow
-
 FIGURES = {
     "fig5_debiasing": robin._draw_fig5,
     "fig6_chaining": robin._draw_fig6,
