@@ -832,7 +832,7 @@ def _bars(axis, histogram: dict, lines, labels, title: str, xlabel: str) -> None
 
     sizes = [int(k) for k in histogram]
     axis.bar(sizes, list(histogram.values()), width=0.8, color="C0")
-    for value, label, style in zip(lines, labels, (":", "--")):
+    for value, label, style in zip(lines, labels, (":", "--", "-.")):
         axis.axvline(value, color="C3", linestyle=style, label=f"{label} = {value}")
     axis.set_xlim(min(sizes + list(lines)) - 1, max(sizes + list(lines)) + 1)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -848,7 +848,8 @@ def _draw_brute(data: dict):
     figure, axes = _figure(len(data["per_K"]), 2.6 * len(data["per_K"]) + 0.6)
     N, D = data["N"], data["D"]
     for axis, row in zip(axes, data["per_K"]):
-        _bars(axis, row["sparsest_histogram"], [N, max(row["bounds"])], ["N", "rank(X)·rank(Y)"],
+        _bars(axis, row["sparsest_histogram"], [N, max(row["bounds"]), N * D + 1],
+              ["N", "rank(X)·rank(Y)", "N·D + 1"],
               f"K = {row['K']}: {row['met']}/{row['trials']} within the bound", "sparsest optimal width")
     figure.suptitle(f"Brute force, N = {N}, D = {D}: sparsest minimum-ℓ2,1 interpolant", fontsize=10)
     return figure
