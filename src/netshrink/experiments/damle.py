@@ -27,19 +27,19 @@ units of their top pivot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from netshrink.experiments.runtime import Log, torch_threads
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -53,7 +53,8 @@ ACCEPTANCE = {0.2: 0.45, 1.0: 0.15}
 #: their ratio is only meaningful well above that.
 ROUNDOFF = 1e-13
 
-#: torch threads used by every step (see :func:`_torch_threads`).
+#: torch threads used by every step (see :func:`.runtime.torch_threads`): Goal 2 measures
+#: how the operation count grows, which threads only blur.
 THREADS = 1
 
 METHOD_CPQR = "column-pivoted QR"
@@ -169,7 +170,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
-    log = _Log(progress)
+    log = Log("damle", progress)
     started = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as folder:
         folder = Path(folder)
@@ -178,7 +179,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         def timed(goal: str, function, *args):
             log(f"{goal}: start")
             start = time.perf_counter()
-            with _torch_threads(THREADS):
+            with torch_threads(THREADS):
                 value = function(*args)
             seconds[goal] = time.perf_counter() - start
             log(f"{goal}: done in {seconds[goal]:.1f} s")
@@ -211,35 +212,6 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         })
     log(f"wrote {out} in {seconds['total']:.1f} s")
     return text
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    """Run the block with ``count`` torch threads (restored afterwards).
-
-    The reproduction runs on one thread. Goal 2 measures how the operation count grows,
-    which threads only blur; and on a small machine whose cores are shared with other
-    processes, multi-threaded dense eigenvalue/singular value routines on matrices of a
-    few hundred to a thousand rows stall in thread synchronisation (measured: 0.5 s on
-    one thread, 25 s on two, for the spectral norm of a 1024 × 1024 matrix on a busy
-    2-core machine), which would make the run time unpredictable.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class _Log:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[damle {time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------

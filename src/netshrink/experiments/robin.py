@@ -35,20 +35,20 @@ learning rate (:func:`netshrink.zoo.training.fit`). Everything uses netshrink's 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from netshrink.experiments.runtime import Log, torch_threads
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -241,7 +241,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
-    log = _Log(progress)
+    log = Log("robin", progress)
     started = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as folder:
         folder = Path(folder)
@@ -250,7 +250,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         def timed(step: str, function, *args, threads: int | None = THREADS):
             log(f"{step}: start")
             start = time.perf_counter()
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 value = function(*args)
             seconds[step] = time.perf_counter() - start
             log(f"{step}: done in {seconds[step]:.1f} s")
@@ -294,28 +294,6 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         })
     log(f"wrote {out} in {seconds['total']:.1f} s")
     return text
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None):
-    """Run the block with ``count`` torch threads (restored afterwards; None: unchanged)."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class _Log:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[robin {time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _matplotlib_version() -> str:
@@ -401,7 +379,7 @@ def _setup(settings: Settings, quick: bool, progress: bool, log) -> _Context:
         else:
             model, source = zoo.build(name).eval(), "freshly built (untrained)"
             log(f"setup: {name} is not cached; quick mode uses it freshly built (untrained)")
-        with _torch_threads(THREADS):
+        with torch_threads(THREADS):
             top1, top5 = _scores(model, test_images, test_labels)
         cuts, _ = find_cuts(model)
         nets[name] = _Net(name=name, model=model, source=source, info=zoo.info(name),
@@ -784,7 +762,7 @@ def _finetune(net: _Net, model: torch.nn.Module, settings: Settings, context: _C
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     start = time.perf_counter()
-    with _torch_threads(FINETUNE_THREADS):
+    with torch_threads(FINETUNE_THREADS):
         history = fit(model, tuned, device="cpu", progress=False, desc=f"finetuning {net.name}")
     seconds = time.perf_counter() - start
     top1, top5 = _scores(model, context.test_images, context.test_labels)

@@ -72,14 +72,12 @@ Every PNG is drawn from the JSON of the same stem alone. Everything is seeded: t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
 import math
 import os
 import platform
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -89,6 +87,7 @@ import numpy as np
 import torch
 
 from netshrink.errors import InvalidInputError
+from netshrink.experiments.runtime import Log, torch_threads
 
 __all__ = [
     "run", "Settings", "FULL", "QUICK", "Interpolant", "SupportSearch", "PathSolution",
@@ -512,7 +511,7 @@ def path_interpolant(X, Y, residual_target: float = RESIDUAL_TARGET) -> PathSolu
     energy = float((Y * Y).sum() / N)
     top = lambda_max(cross)
     lam, M, converged = top, None, True
-    with _torch_threads(THREADS):
+    with torch_threads(THREADS):
         for step in range(1, PATH_STEPS + 1):
             lam /= PATH_FACTOR
             result = group_lasso(gram, cross, lam, tol=PATH_TOL, energy=energy, init=M)
@@ -689,7 +688,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
     _check_settings(settings)
-    log = _Log(progress)
+    log = Log("shenouda-width", progress)
     started = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as folder:
         folder = Path(folder)
@@ -718,26 +717,6 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         })
     log(f"wrote {out} in {seconds['total']:.1f} s")
     return text
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class _Log:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[shenouda-width {time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _versions() -> dict:
