@@ -788,13 +788,18 @@ def _check_tol(tol):
         raise InvalidInputError(f"tol (relative duality gap) must be in (0, 1), got {tol!r}")
 
 
-def _checked_lambda(lam) -> float:
+def _checked_lambda(lam, what: str = "λ") -> float:
+    """``lam`` as a float (a one-element tensor is accepted); ``what`` names it in the error."""
     if isinstance(lam, torch.Tensor) and lam.numel() == 1:
         lam = float(lam)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(lam) or lam < 0:
-        raise InvalidInputError(f"λ must be a finite number ≥ 0, got {lam!r}")
-    return float(lam)
+    return _finite_nonnegative(lam, what)
+
+
+def _finite_nonnegative(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"{what} must be a finite number ≥ 0, got {value!r}")
+    return float(value)
 
 
 def _checked(gram, cross, energy):

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .group_lasso import group_lasso
+from .group_lasso import _checked_lambda, _finite_nonnegative, group_lasso
 
 __all__ = [
     "REMOVED_NORM", "MultitaskStatistics", "MultitaskObjective", "MultitaskLassoResult", "ProxAdamResult",
@@ -531,19 +531,11 @@ def _chunk(chunk_size, rows: int) -> int:
 
 
 def _checked_lam(lam) -> float:
-    if isinstance(lam, torch.Tensor) and lam.numel() == 1:
-        lam = float(lam)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(lam) or lam < 0:
-        raise InvalidInputError(f"lam (the ℓ2,1 weight of F) must be a finite number ≥ 0, got {lam!r}")
-    return float(lam)
+    return _checked_lambda(lam, "lam (the ℓ2,1 weight of F)")
 
 
 def _checked_energy(energy) -> float:
-    if isinstance(energy, bool) or not isinstance(energy, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(energy) or energy < 0:
-        raise InvalidInputError(f"energy must be a finite number ≥ 0 (it is ‖Ψ − b 1ᵀ‖²_F/N), got {energy!r}")
-    return float(energy)
+    return _finite_nonnegative(energy, "energy (‖Ψ − b 1ᵀ‖²_F/N)")
 
 
 def _real_tensor(value, name: str) -> torch.Tensor:
