@@ -140,9 +140,9 @@ class LowRank:
             basis = torch.from_numpy(vectors[:, ::-1][:, :rank].copy()).to(p.weight)  # copy: no negative strides
             right = basis.T @ p.weight  # (r, d)
             factors.append((basis.to(layer.weight.dtype), right.to(layer.weight.dtype)))
-            every = torch.arange(d, device=p.gram.device)
-            error += p.error(every, basis @ right)
-            shifts.append(p.bias_shift(every, basis @ right))
+            every, approximation = torch.arange(d, device=p.gram.device), basis @ right
+            error += p.error(every, approximation)
+            shifts.append(p.bias_shift(every, approximation))
             energy += p.total_energy
         return Decision(kept=torch.arange(cut.width), consumer_weights=(),
                         error=(error / energy) ** 0.5 if energy else 0.0, factors=tuple(factors),
