@@ -38,7 +38,9 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
     round-off (``min pivot² > 1e-13·max diag``); otherwise the solution is the
     minimum-norm least-squares solution of ``gram_SS Mᵀ = cross_S`` from LAPACK's
     complete orthogonal factorisation (``gelsy``, pivoted QR with rank cutoff
-    ``|S|·ε_mach`` relative), i.e. ``cross_Sᵀ·gram_SS⁺`` — the solution of smallest norm
+    ``1e-13`` relative, the threshold of the Cholesky test: forming ``gram`` from data
+    leaves round-off of several ``ε_mach·‖gram‖`` in its null space, so a cutoff at
+    ``|S|·ε_mach`` keeps or drops those directions at random), i.e. ``cross_Sᵀ·gram_SS⁺`` — the solution of smallest norm
     among the equally good ones, which for statistics of data is also the minimum-norm
     least-squares solution on the data matrix. (A small ridge instead would amplify the
     round-off in the null space of ``gram_SS`` by its inverse, and dense eigensolvers are
@@ -80,6 +82,5 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
         return torch.cholesky_solve(cross, factor).T
     # Singular or numerically singular: minimum-norm solution by complete orthogonal
     # factorisation (CPU LAPACK; other devices go through the CPU for this rare case).
-    rcond = size * torch.finfo(torch.float64).eps
-    solution = torch.linalg.lstsq(gram.cpu(), cross.cpu(), rcond=rcond, driver="gelsy").solution
+    solution = torch.linalg.lstsq(gram.cpu(), cross.cpu(), rcond=_PIVOT_FLOOR, driver="gelsy").solution
     return solution.T.contiguous().to(cross.device)
