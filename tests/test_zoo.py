@@ -220,6 +220,9 @@ _COUNTS = {
     # conv 16-M-32-32-M-64-64-M (3×3, bias) + BatchNorm (2 per channel), fc 576→256→10
     "vgg-fmnist": (1 * 16 * 9 + 16 + 32) + (16 * 32 * 9 + 32 + 64) + (32 * 32 * 9 + 32 + 64)
     + (32 * 64 * 9 + 64 + 128) + (64 * 64 * 9 + 64 + 128) + (576 * 256 + 256) + (256 * 10 + 10),
+    # conv 24@5×5-M-48-M-64-64-64-M (3×3, bias, no BatchNorm), fc 576→512→512→10
+    "alexnet-fmnist": (1 * 24 * 25 + 24) + (24 * 48 * 9 + 48) + (48 * 64 * 9 + 64) + 2 * (64 * 64 * 9 + 64)
+    + (576 * 512 + 512) + (512 * 512 + 512) + (512 * 10 + 10),
 }
 
 
@@ -249,7 +252,7 @@ def test_mlp7_cache_key_is_unchanged():
 
 def test_names_are_sorted_and_include_the_robin_models():
     assert zoo.names() == sorted(zoo.names())
-    assert {"lenet300", "lenet5", "mlp7", "vgg-fmnist"} <= set(zoo.names())
+    assert {"alexnet-fmnist", "lenet300", "lenet5", "mlp7", "vgg-fmnist"} <= set(zoo.names())
 
 
 @pytest.mark.parametrize("name", sorted(_COUNTS))
@@ -287,7 +290,7 @@ def test_lenet300_reuses_relu_mlp():
     assert layers == {"hidden.0": (784, 300), "hidden.1": (300, 100), "classifier": (100, 10)}
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg-fmnist"])
+@pytest.mark.parametrize("name", ["lenet5", "vgg-fmnist", "alexnet-fmnist"])
 def test_cnns_are_features_then_classifier(name):
     nn = torch.nn
     model = zoo.build(name).eval()
@@ -328,3 +331,14 @@ def test_trained_robin_models_meet_accuracy(name, floor, fmnist_test):
     info = zoo.info(name)
     assert info["trained"] and info["test_accuracy"] == pytest.approx(acc)
     assert info["parameters"] == _COUNTS[name]
+
+
+def test_alexnet_has_three_fully_connected_layers_with_dropout():
+    model = zoo.build("alexnet-fmnist")
+    head = [type(m).__name__ for m in model.classifier]
+    assert head == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert [m.p for m in model.classifier if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.padding[0]) for c in convs] == [
+        (24, 5, 2), (48, 3, 1), (64, 3, 1), (64, 3, 1), (64, 3, 1)]

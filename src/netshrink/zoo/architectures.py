@@ -222,3 +222,66 @@ class VGGRecipe(TrainingRecipe):
 
 #: Dropout of ``vgg-fmnist``'s classifier; part of its cache key through architecture().
 _VGG_DROPOUT = 0.3
+
+
+class AlexNet(nn.Module):
+    """An AlexNet-style CNN for ``(N, 1, 28, 28)`` inputs: five ReLU convolutions (no
+    BatchNorm) with three 2×2 max-pools, then three fully connected layers with ReLU
+    and dropout, as AlexNet's classifier: flatten → fc → ReLU → Dropout → fc → ReLU →
+    Dropout → fc.
+
+    ``convs`` lists ``(channels, kernel)`` pairs with ``"M"`` for a pooling; every
+    convolution has stride 1 and "same" zero padding ``kernel // 2``.
+    """
+
+    def __init__(self, convs: Sequence[tuple[int, int] | str], hidden: Sequence[int], num_classes: int = 10,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, previous = 28, 1
+        for item in convs:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            else:
+                channels, kernel = item
+                layers += [nn.Conv2d(previous, channels, kernel, padding=kernel // 2), nn.ReLU()]
+                previous = channels
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.Flatten()]
+        width = previous * size * size
+        for units in hidden:
+            head += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(dropout)]
+            width = units
+        head.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@dataclass(frozen=True)
+class AlexNetRecipe(TrainingRecipe):
+    """``alexnet-fmnist``: an AlexNet-style CNN standing in for AlexNet on CIFAR-10/ImageNet
+    (not reachable here) in seed 002's compression runs: conv 24@5×5-M-48-M-64-64-64-M
+    (3×3), fc 576→512→512→10 with dropout 0.5 (675,818 parameters), sized to train in
+    about 20 minutes on 2 CPU cores. AdamW (lr 1e-3, weight decay 0.05), cosine schedule
+    after half an epoch of warmup, batch 128, 8 epochs, mirrored and ±2 pixel shifted
+    training images, seed 0."""
+
+    convs: tuple = ((24, 5), "M", (48, 3), "M", (64, 3), (64, 3), (64, 3), "M")
+    hidden: tuple = (512, 512)
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_epochs: float = 0.5
+    hflip: bool = True
+    shift: int = 2
+
+    def build(self) -> AlexNet:
+        return AlexNet(self.convs, self.hidden, dropout=0.5)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"class": "AlexNet", "input_shape": [1, 28, 28], "convs": [list(c) if c != "M" else c
+                                                                         for c in self.convs],
+                "hidden": list(self.hidden), "dropout": 0.5}
