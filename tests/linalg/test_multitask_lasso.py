@@ -17,6 +17,7 @@ from netshrink.linalg.multitask_lasso import (
     multitask_objective_data,
     multitask_statistics,
     prox_adam,
+    prox_adam_gram,
 )
 
 cvxpy = pytest.importorskip("cvxpy")
@@ -339,3 +340,25 @@ def test_columns_at_or_below_1e_7_count_as_removed():
     result = prox_adam(phi, psi, bias, 0.1, 0.07, init=V, max_iter=0)
     assert result.active.tolist() == [0, 2, 3, 5, 6, 7]
     assert result.trace[0].active == 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prox_adam_gram_runs_the_iterates_of_the_data_form(dtype):
+    phi, psi, bias = _problem(41, K=9, D=4, N=60, relu=True)
+    statistics = multitask_statistics(phi, psi, bias)
+    data = prox_adam(phi.to(dtype), psi, bias, 0.05, 0.01, seed=2, max_iter=150, check_every=50)
+    gram = prox_adam_gram(statistics.gram, statistics.cross, statistics.energy, 0.05, 0.01, seed=2,
+                          dtype=dtype, max_iter=150, check_every=50)
+    tolerance = 1e-10 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(gram.V, data.V, rtol=tolerance, atol=tolerance)
+    assert gram.V.dtype == dtype and gram.iterations == 150 and len(gram.trace) == 4
+    assert gram.objective == pytest.approx(
+        multitask_objective_data(gram.V, 0.05, phi, psi, bias).objective, rel=1e-7)  # cancellation
+    for call, message in [
+        (lambda: prox_adam_gram(statistics.gram, statistics.cross, statistics.energy, 0.1, 0.0), "mu"),
+        (lambda: prox_adam_gram(statistics.gram, statistics.cross, -1.0, 0.1, 0.1), "energy"),
+        (lambda: prox_adam_gram(statistics.gram[:3], statistics.cross, 1.0, 0.1, 0.1), "gram must be a square"),
+        (lambda: prox_adam_gram(statistics.gram, statistics.cross, 1.0, 0.1, 0.1, dtype=torch.float16), "dtype"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            call()

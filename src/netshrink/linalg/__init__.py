@@ -24,6 +24,7 @@ from netshrink.linalg.multitask_lasso import (
     multitask_objective_data,
     multitask_statistics,
     prox_adam,
+    prox_adam_gram,
 )
 from netshrink.linalg.spectral import spectral_norm
 
@@ -31,5 +32,5 @@ __all__ = [
     "CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm",
     "GroupLassoResult", "group_lasso", "group_lasso_keep", "lambda_max", "duality_gap", "group_labels",
     "lstsq_from_gram", "MultitaskLassoResult", "ProxAdamResult", "multitask_lasso_fista", "multitask_objective",
-    "multitask_objective_data", "multitask_statistics", "prox_adam",
+    "multitask_objective_data", "multitask_statistics", "prox_adam", "prox_adam_gram",
 ]

@@ -71,7 +71,7 @@ from .group_lasso import _checked_lambda, _finite_nonnegative, group_lasso
 __all__ = [
     "REMOVED_NORM", "MultitaskStatistics", "MultitaskObjective", "MultitaskLassoResult", "ProxAdamResult",
     "TracePoint", "multitask_statistics", "multitask_objective", "multitask_objective_data",
-    "multitask_lasso_fista", "prox_adam", "linear_init",
+    "multitask_lasso_fista", "prox_adam", "prox_adam_gram", "linear_init",
 ]
 
 REMOVED_NORM = 1e-7  # a column of V with norm ≤ this is a removed input (as in the original code)
@@ -220,12 +220,7 @@ def multitask_objective(V, lam: float, gram, cross, energy: float) -> MultitaskO
     lam = _checked_lam(lam)
     gram = _as_float64(gram, "gram")
     cross = _as_float64(cross, "cross").to(gram.device)
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise InvalidInputError(f"gram must be a square (K, K) matrix, got shape {tuple(gram.shape)}")
-    if cross.ndim != 2 or cross.shape[0] != gram.shape[0] or cross.shape[1] < 1:
-        raise InvalidInputError(
-            f"cross must be (K, D) with K = {gram.shape[0]} rows like gram and D ≥ 1, got shape {tuple(cross.shape)}"
-        )
+    _check_statistics_shapes(gram, cross)
     energy = _checked_energy(energy)
     V = _as_float64(V, "V").to(gram.device)
     D, K = cross.shape[1], cross.shape[0]
@@ -358,86 +353,146 @@ def prox_adam(
             (read it, don't modify it).
         form: ``"data"`` (default; the original's cost, two ``D×K×N`` products per
             iteration, memory ``Φ`` plus two ``D×N`` arrays) or ``"gram"``: the same
-            gradient from float64 statistics (:func:`multitask_statistics`, cast to the
-            working dtype), ``(2/D)·(V·gram − crossᵀ)``, ``D×K²`` per iteration — the same
-            iterates up to round-off, for a charitable timing when ``K < N``.
+            iteration from float64 statistics (:func:`multitask_statistics`, then
+            :func:`prox_adam_gram`; the statistics' time is part of ``seconds``) — the
+            same iterates up to round-off, for a charitable timing when ``K < N``.
 
     Raises:
         InvalidInputError: ``lam < 0``, ``mu ≤ 0``, non-finite values, shape mismatches,
             a bad ``check_every``/``rel_tol``/``max_seconds``/``max_iter``/``form``.
     """
-    lam = _checked_lam(lam)
-    if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(mu) or mu <= 0:
-        raise InvalidInputError(f"mu (the Adam learning rate) must be a finite number > 0, got {mu!r}")
-    mu = float(mu)
-    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) or check_every < 1:
-        raise InvalidInputError(f"check_every must be a positive integer, got {check_every!r}")
-    check_every = int(check_every)
-    if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float, np.floating)) \
-            or not math.isfinite(rel_tol) or rel_tol < 0:
-        raise InvalidInputError(f"rel_tol must be a finite number ≥ 0, got {rel_tol!r}")
-    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-                                    or math.isnan(max_seconds) or max_seconds <= 0):
-        raise InvalidInputError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
-    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
-                                 or max_iter < 0):
-        raise InvalidInputError(f"max_iter must be an integer ≥ 0 or None, got {max_iter!r}")
+    settings = _ProxSettings.checked(lam, mu, check_every, rel_tol, max_seconds, max_iter, callback)
     if form not in _FORMS:
         raise InvalidInputError(f"unknown form {form!r}; use one of {', '.join(_FORMS)}")
-    if callback is not None and not callable(callback):
-        raise InvalidInputError(f"callback must be callable, got {callback!r}")
-
     phi, psi, bias = _checked_data(phi, psi, bias)
     dtype = phi.dtype if phi.dtype == torch.float64 else torch.float32
-    device = phi.device
     K, N = phi.shape
     D = psi.shape[0]
-    if init is None:
-        start = linear_init(D, K, seed, dtype).to(device)
-    else:
-        start = torch.as_tensor(init)
-        if start.is_complex() or not (start.is_floating_point() or start.dtype in (torch.int32, torch.int64)):
-            raise InvalidInputError(f"init must be a real (D, K) matrix, got dtype {start.dtype}")
-        if start.shape != (D, K):
-            raise InvalidInputError(f"init must have shape (D, K) = {(D, K)}, got {tuple(start.shape)}")
-        start = start.to(device=device, dtype=dtype)
-        if not bool(torch.isfinite(start).all()):
-            raise InvalidInputError("init contains NaN or Inf")
-
-    V = torch.nn.Parameter(start.clone())
-    gradient = torch.zeros_like(V)
-    # constructed before the clock starts: the first Adam of a process spends seconds importing
-    optimizer = torch.optim.Adam([V], lr=mu)  # betas (0.9, 0.999), eps 1e-8: the defaults
+    V, optimizer = _variable(_start(init, seed, D, K, dtype, phi.device), settings.mu)
     started = time.perf_counter()
-    if form == "data":
-        phi = phi.to(dtype)  # no copy when already in the working dtype
-        target = psi.to(dtype) - bias.to(dtype).unsqueeze(1)  # Ψ − b 1ᵀ, (D, N)
-        residual = torch.empty(D, N, dtype=dtype, device=device)
-        scale = 2.0 / (D * N)
-
-        def fill_gradient(V, out):
-            torch.addmm(target, V, phi, beta=-1, out=residual)  # V Φ − (Ψ − b 1ᵀ)
-            torch.mm(residual, phi.T, out=out)
-            out.mul_(scale)
-
-        def error_of(V):
-            torch.addmm(target, V, phi, beta=-1, out=residual)
-            return _sum_squares(residual) / (D * N)
-    else:
+    if form == "gram":
         statistics = multitask_statistics(phi, psi, bias)
-        gram64, cross64, energy = statistics.gram, statistics.cross, statistics.energy
-        gram, cross_t = gram64.to(dtype), cross64.T.contiguous().to(dtype)
-        scale = 2.0 / D
+        fill_gradient, error_of = _gram_form(statistics.gram, statistics.cross, statistics.energy, dtype)
+        return _iterate(V, optimizer, fill_gradient, error_of, settings, started)
+    phi = phi.to(dtype)  # no copy when already in the working dtype
+    target = psi.to(dtype) - bias.to(dtype).unsqueeze(1)  # Ψ − b 1ᵀ, (D, N)
+    residual = torch.empty(D, N, dtype=dtype, device=phi.device)
+    scale = 2.0 / (D * N)
 
-        def fill_gradient(V, out):
-            torch.addmm(cross_t, V, gram, beta=-1, out=out)  # V·gram − crossᵀ
-            out.mul_(scale)
+    def fill_gradient(V, out):
+        torch.addmm(target, V, phi, beta=-1, out=residual)  # V Φ − (Ψ − b 1ᵀ)
+        torch.mm(residual, phi.T, out=out)
+        out.mul_(scale)
 
-        def error_of(V):
-            return _objective_from_statistics(V.to(torch.float64), 0.0, gram64, cross64, energy).error
+    def error_of(V):
+        torch.addmm(target, V, phi, beta=-1, out=residual)
+        return _sum_squares(residual) / (D * N)
 
-    threshold = mu * lam
+    return _iterate(V, optimizer, fill_gradient, error_of, settings, started)
+
+
+def prox_adam_gram(
+    gram, cross, energy: float, lam: float, mu: float, *, init=None, seed: int = 0, dtype=torch.float32,
+    check_every: int = 1000, rel_tol: float = 1e-7, max_seconds: float | None = None,
+    max_iter: int | None = None, callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> ProxAdamResult:
+    """:func:`prox_adam` from the statistics of ``F`` instead of the data.
+
+    ``gram: (K, K)``, ``cross: (K, D)``, ``energy`` as :func:`multitask_statistics`
+    returns them (e.g. accumulated during a calibration pass). The error gradient is
+    ``(2/D)·(V·gram − crossᵀ)`` (``D×K²`` per iteration), computed in ``dtype``
+    (float32 as the original, or float64); the stopping rule's error is evaluated in
+    float64. Same iteration, options, result and errors as :func:`prox_adam`; on the
+    device of ``gram``.
+    """
+    settings = _ProxSettings.checked(lam, mu, check_every, rel_tol, max_seconds, max_iter, callback)
+    if dtype not in (torch.float32, torch.float64):
+        raise InvalidInputError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    gram = _as_float64(gram, "gram")
+    cross = _as_float64(cross, "cross").to(gram.device)
+    _check_statistics_shapes(gram, cross)
+    energy = _checked_energy(energy)
+    K, D = cross.shape
+    V, optimizer = _variable(_start(init, seed, D, K, dtype, gram.device), settings.mu)
+    started = time.perf_counter()
+    fill_gradient, error_of = _gram_form(gram, cross, energy, dtype)
+    return _iterate(V, optimizer, fill_gradient, error_of, settings, started)
+
+
+@dataclass(frozen=True)
+class _ProxSettings:
+    lam: float
+    mu: float
+    check_every: int
+    rel_tol: float
+    max_seconds: float | None
+    max_iter: int | None
+    callback: Callable[[int, torch.Tensor], None] | None
+
+    @classmethod
+    def checked(cls, lam, mu, check_every, rel_tol, max_seconds, max_iter, callback) -> _ProxSettings:
+        lam = _checked_lam(lam)
+        if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(mu) or mu <= 0:
+            raise InvalidInputError(f"mu (the Adam learning rate) must be a finite number > 0, got {mu!r}")
+        if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) or check_every < 1:
+            raise InvalidInputError(f"check_every must be a positive integer, got {check_every!r}")
+        if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float, np.floating)) \
+                or not math.isfinite(rel_tol) or rel_tol < 0:
+            raise InvalidInputError(f"rel_tol must be a finite number ≥ 0, got {rel_tol!r}")
+        if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                        or math.isnan(max_seconds) or max_seconds <= 0):
+            raise InvalidInputError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
+                                     or max_iter < 0):
+            raise InvalidInputError(f"max_iter must be an integer ≥ 0 or None, got {max_iter!r}")
+        if callback is not None and not callable(callback):
+            raise InvalidInputError(f"callback must be callable, got {callback!r}")
+        return cls(lam, float(mu), int(check_every), float(rel_tol), max_seconds,
+                   None if max_iter is None else int(max_iter), callback)
+
+
+def _start(init, seed: int, D: int, K: int, dtype, device) -> torch.Tensor:
+    """The starting ``V: (D, K)``: a fresh ``nn.Linear`` weight, or the validated ``init``."""
+    if init is None:
+        return linear_init(D, K, seed, dtype).to(device)
+    start = torch.as_tensor(init)
+    if start.is_complex() or not (start.is_floating_point() or start.dtype in (torch.int32, torch.int64)):
+        raise InvalidInputError(f"init must be a real (D, K) matrix, got dtype {start.dtype}")
+    if start.shape != (D, K):
+        raise InvalidInputError(f"init must have shape (D, K) = {(D, K)}, got {tuple(start.shape)}")
+    start = start.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(start).all()):
+        raise InvalidInputError("init contains NaN or Inf")
+    return start
+
+
+def _variable(start: torch.Tensor, mu: float) -> tuple[torch.nn.Parameter, torch.optim.Adam]:
+    """``V`` and its optimizer, built before the clock starts (the first Adam of a
+    process spends seconds importing)."""
+    V = torch.nn.Parameter(start.clone())
+    return V, torch.optim.Adam([V], lr=mu)  # betas (0.9, 0.999), eps 1e-8: the defaults
+
+
+def _gram_form(gram64, cross64, energy: float, dtype):
+    """``fill_gradient(V, out)`` and ``error_of(V)`` of ``F``'s error term from statistics."""
+    gram, cross_t = gram64.to(dtype), cross64.T.contiguous().to(dtype)
+    scale = 2.0 / cross64.shape[1]
+
+    def fill_gradient(V, out):
+        torch.addmm(cross_t, V, gram, beta=-1, out=out)  # V·gram − crossᵀ
+        out.mul_(scale)
+
+    def error_of(V):
+        return _objective_from_statistics(V.to(torch.float64), 0.0, gram64, cross64, energy).error
+
+    return fill_gradient, error_of
+
+
+def _iterate(V, optimizer, fill_gradient, error_of, settings: _ProxSettings, started: float) -> ProxAdamResult:
+    """The Adam-step-then-shrink loop of :func:`prox_adam` with its stopping rule and caps."""
+    lam, threshold = settings.lam, settings.mu * settings.lam
+    gradient = torch.zeros_like(V)
 
     def measure():
         with torch.no_grad():
@@ -451,10 +506,10 @@ def prox_adam(
     iteration, reason = 0, None
     last_check = (error, penalty)
     while True:
-        if max_iter is not None and iteration >= max_iter:
+        if settings.max_iter is not None and iteration >= settings.max_iter:
             reason = "max_iter"
             break
-        if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+        if settings.max_seconds is not None and time.perf_counter() - started >= settings.max_seconds:
             reason = "max_seconds"
             break
         with torch.no_grad():
@@ -464,12 +519,13 @@ def prox_adam(
             norms = torch.linalg.vector_norm(V, dim=0)
             V.mul_(torch.where(norms > threshold, 1 - threshold / norms, torch.zeros_like(norms)))
         iteration += 1
-        if callback is not None:
-            callback(iteration, V.detach())
-        if iteration % check_every == 0:
+        if settings.callback is not None:
+            settings.callback(iteration, V.detach())
+        if iteration % settings.check_every == 0:
             error, penalty, active = measure()
             trace.append(TracePoint(iteration, time.perf_counter() - started, error + penalty, active))
-            if _relative_change(error, last_check[0]) < rel_tol and _relative_change(penalty, last_check[1]) < rel_tol:
+            if _relative_change(error, last_check[0]) < settings.rel_tol \
+                    and _relative_change(penalty, last_check[1]) < settings.rel_tol:
                 reason = "tolerance"
                 break
             last_check = (error, penalty)
@@ -479,9 +535,9 @@ def prox_adam(
         trace.append(TracePoint(iteration, seconds, error + penalty, active))
     final = V.detach().clone()
     return ProxAdamResult(
-        V=final, active=_active(final), objective=error + penalty, error=error, penalty=penalty, lam=lam, mu=mu,
-        iterations=iteration, seconds=seconds, converged=reason == "tolerance", stop_reason=reason,
-        trace=tuple(trace),
+        V=final, active=_active(final), objective=error + penalty, error=error, penalty=penalty, lam=lam,
+        mu=settings.mu, iterations=iteration, seconds=seconds, converged=reason == "tolerance",
+        stop_reason=reason, trace=tuple(trace),
     )
 
 
@@ -528,6 +584,15 @@ def _chunk(chunk_size, rows: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
+
+
+def _check_statistics_shapes(gram: torch.Tensor, cross: torch.Tensor) -> None:
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise InvalidInputError(f"gram must be a square (K, K) matrix, got shape {tuple(gram.shape)}")
+    if cross.ndim != 2 or cross.shape[0] != gram.shape[0] or cross.shape[1] < 1:
+        raise InvalidInputError(
+            f"cross must be (K, D) with K = {gram.shape[0]} rows like gram and D ≥ 1, got shape {tuple(cross.shape)}"
+        )
 
 
 def _checked_lam(lam) -> float:
