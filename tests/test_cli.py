@@ -25,7 +25,7 @@ def test_compress_json_report(trained_mlp7, capsys):
     assert report["params_after"] < report["params_before"]
     assert len(report["layers"]) == 7
     for layer in report["layers"]:
-        assert set(layer) == {"name", "kept", "total", "error"}
+        assert set(layer) == {"name", "kept", "total", "error", "sampled"} and not layer["sampled"]
         assert layer["kept"] == -(-layer["total"] // 2)
     images, labels = fashion_mnist("test")
     assert report["accuracy_before"] == pytest.approx(accuracy(trained_mlp7, images, labels))
@@ -87,6 +87,23 @@ def test_group_lasso_from_the_command_line(trained_mlp7, capsys, tmp_path):
     assert report["options"]["chaining"] == "parallel"
     assert report["params_after"] < 0.2 * report["params_before"]
     assert all(0 <= layer["error"] < 1 for layer in report["layers"])
+
+
+def test_multitask_lasso_on_one_layer_from_the_command_line(trained_mlp7, capsys):
+    status, out, _ = run(capsys, "compress", "mlp7", "--method", "multitask_lasso", "--layer", "first",
+                         "--lam", "0.05", "--calibration-size", "1000", "--json")
+    assert status == 0
+    report = json.loads(out)
+    (layer,) = report["layers"]
+    assert layer["name"] == "hidden.0:in" and layer["sampled"] and layer["total"] == 784
+    assert 0 < layer["kept"] < 784 and layer["solver"]["solver"] == "fista"
+    assert report["params_before"] - report["params_after"] == 2048 * (784 - layer["kept"])
+    status, out, _ = run(capsys, "compress", "mlp7", "--method", "multitask_lasso", "--layer", "last",
+                         "--lam", "0.05", "--solver", "prox_adam", "--mu", "0.07", "--max-seconds", "1",
+                         "--calibration-size", "500")
+    assert status == 0 and "hidden.6" in out
+    status, _, err = run(capsys, "compress", "mlp7", "--method", "multitask_lasso", "--layer", "fc3", "--lam", "0.1")
+    assert status == 2 and "has no layer named 'fc3'" in err
 
 
 def test_option_of_another_method_is_reported(capsys):

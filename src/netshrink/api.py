@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import InvalidInputError, NetshrinkError
 from .evaluate import model_device
-from .graph import require_cuts, select_cuts
+from .graph import input_cut, require_cuts, select_cuts
 from .methods import make_method
 from .modules import build, spec
 from .observe import Calibration
@@ -32,7 +32,9 @@ class LayerReport:
     ``error`` is the method's error measure (``interpolative``: the bound
     ``‖R₂₂‖₂‖W‖₂``; Gram methods: relative RMS error of the consumers' pre-activations
     on the calibration data). ``sampled`` cuts keep computing every unit and select
-    the kept ones before their consumer (Robin §2.6).
+    the kept ones before their consumer (Robin §2.6). ``details``: what the method
+    reports beyond the error (``multitask_lasso``: the solver's objective, iterations,
+    seconds, stop reason).
     """
 
     name: str
@@ -43,6 +45,7 @@ class LayerReport:
     consumers: list[str]
     sampled: bool
     kept_indices: list[int] = field(repr=False)
+    details: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Compression:
         """A plain-text per-layer table."""
         rows = [f"{'layer':<28} {'kept':>6} {'total':>6} {'kept %':>7} {'error':>10}"]
         for layer in self.layers:
-            name = layer.name + (" (joint)" if len(layer.producers) + len(layer.consumers) > 2 else "")
+            name = layer.name + (" (joint)" if len(layer.producers) + len(layer.consumers) > 2 else "") \
+                + (" (sampler)" if layer.sampled else "")
             rows.append(
                 f"{name:<28} {layer.kept:>6} {layer.total:>6} "
                 f"{100 * layer.kept / layer.total:>6.1f}% {layer.error:>10.4g}"
@@ -121,6 +125,7 @@ def compress(
     chaining: str = "top_down",
     coupling: str = "joint",
     layers: list[str] | None = None,
+    layer: str | None = None,
     batch_size: int = 1000,
     progress: bool = False,
     **options,
@@ -142,6 +147,11 @@ def compress(
               ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-4);
               or ``size``: the fraction of the model's parameters to keep, reached by a
               bisection on ``lam`` (one whole compression per step).
+            - ``"multitask_lasso"`` (Shenouda et al., one Linear layer's inputs): ``lam``
+              (the seed's absolute scale), ``solver`` (``"fista"``, or ``"prox_adam"``
+              with ``mu`` and an optional ``max_seconds`` cap), ``warm_start``, ``seed``,
+              ``gap_tol``; see :mod:`netshrink.methods.multitask_lasso`. Usually with
+              ``layer=``.
             - baselines: ``"magnitude"`` (``keep``, ``refit=False``), ``"random"``
               (``keep``, ``refit=True``, ``seed``), ``"lowrank"`` (``keep``: fraction of
               each consumer's rank; it removes no unit).
@@ -152,6 +162,12 @@ def compress(
             each reader a dynamic ``index_select`` sampler (Robin §2.6).
         layers: compress only these cuts, named by the layer that loses units (its
             module path, e.g. ``["hidden.0"]``); default: every cut.
+        layer: instead of ``layers``, compress the inputs of one ``nn.Linear``:
+            ``"first"``, ``"pen"`` (penultimate) or ``"last"`` among the model's Linear
+            layers in execution order, or a module path. Its inputs are the neurons of
+            the producing layer when that is a plain cut; otherwise (flattened conv
+            features, the network's input) each input feature is a unit and the kept
+            ones are served by a sampler (:func:`netshrink.graph.input_cut`).
         batch_size: batch size when ``calibration`` is a tensor.
         progress: show progress bars.
 
@@ -164,8 +180,13 @@ def compress(
     if size is None:
         make_method(method, **options)  # bad options fail before any work
     batches = Calibration(calibration, batch_size=batch_size)
-    cuts, skipped = require_cuts(model, coupling)
-    cuts = select_cuts(cuts, layers, skipped)
+    if layer is not None:
+        if layers is not None:
+            raise InvalidInputError("give layers (cuts by name) or layer (one Linear layer's inputs), not both")
+        cuts = [input_cut(model, layer, coupling)]
+    else:
+        cuts, skipped = require_cuts(model, coupling)
+        cuts = select_cuts(cuts, layers, skipped)
 
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
@@ -186,6 +207,7 @@ def compress(
             consumers=list(cut.consumers),
             sampled=cut.sampled,
             kept_indices=[int(i) for i in decision.kept],
+            details=dict(decision.details),
         )
         for cut, decision in decisions
     ]
@@ -197,7 +219,7 @@ def compress(
         params_after=count_parameters(shrunk),
         method=method,
         options={**{k: v for k, v in options.items() if v is not None},
-                 "chaining": chaining, "coupling": coupling},
+                 "chaining": chaining, "coupling": coupling, **({"layer": layer} if layer is not None else {})},
         original_shapes={path: spec(model.get_submodule(path)) for path in touched},
     )
 

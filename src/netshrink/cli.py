@@ -46,11 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--tol", type=float, help="interpolative: the ε of the stopping rule (≥ 0): "
                         "keep pivots with |r_kk|·‖W_consumer‖₂ > ε")
     budget.add_argument("--lam", type=float, help="group_lasso: ℓ2,1 weight as a fraction of each "
-                        "layer's λ_max, in [0, 1] (0 is lossless on the calibration data)")
+                        "layer's λ_max, in [0, 1] (0 is lossless on the calibration data); "
+                        "multitask_lasso: the seed's absolute lam (e.g. 0.05, 0.5)")
     budget.add_argument("--keep", type=float, help="fraction of units kept per layer, in (0, 1]")
     compress.add_argument("--no-debias", dest="debias", action="store_false", default=None,
                           help="group_lasso: skip the least-squares refit on the kept units")
-    compress.add_argument("--solver", choices=["fista", "altmin"], help="group_lasso solver (default: fista)")
+    compress.add_argument("--solver", choices=["fista", "altmin", "prox_adam"],
+                          help="group_lasso: fista|altmin; multitask_lasso: fista|prox_adam (default: fista)")
+    compress.add_argument("--layer", help="compress only the inputs of this nn.Linear: first, pen, last "
+                          "(among the Linear layers in execution order) or a module path")
+    compress.add_argument("--mu", type=float, help="multitask_lasso with --solver prox_adam: Adam learning rate")
+    compress.add_argument("--max-seconds", type=float,
+                          help="multitask_lasso with --solver prox_adam: wall-time cap of the solver")
+    compress.add_argument("--warm-start", action="store_true", default=None,
+                          help="multitask_lasso: start the solver from the original weights")
     compress.add_argument("--refit", action="store_true", default=None,
                           help="magnitude: refit the consumers by least squares")
     compress.add_argument("--chaining", default="top_down", choices=list(CHAININGS),
@@ -98,9 +107,10 @@ def _compress(args) -> int:
 
     start = time.perf_counter()
     options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "debias": args.debias,
-               "solver": args.solver, "refit": args.refit}
+               "solver": args.solver, "refit": args.refit, "mu": args.mu, "max_seconds": args.max_seconds,
+               "warm_start": args.warm_start}
     result = compress(model, calibration, method=args.method, chaining=args.chaining,
-                      coupling=args.coupling, progress=progress, **options)
+                      coupling=args.coupling, layer=args.layer, progress=progress, **options)
     seconds = time.perf_counter() - start
     accuracy_before = accuracy(model, test_images, test_labels)
     accuracy_after = accuracy(result.model, test_images, test_labels)
@@ -119,7 +129,8 @@ def _compress(args) -> int:
             "accuracy_after": accuracy_after,
             "seconds": seconds,
             "layers": [
-                {"name": l.name, "kept": l.kept, "total": l.total, "error": l.error}
+                {"name": l.name, "kept": l.kept, "total": l.total, "error": l.error, "sampled": l.sampled,
+                 **({"solver": l.details} if l.details else {})}
                 for l in result.layers
             ],
         }))
@@ -130,6 +141,10 @@ def _compress(args) -> int:
           "accuracy on the 10,000 test images")
     print()
     print(result.table())
+    for layer in result.layers:
+        if layer.sampled:
+            print(f"{layer.name}: {layer.consumers[0]} reads its {layer.kept} kept inputs of {layer.total} through "
+                  "a sampler (index_select); everything before it is unchanged")
     print()
     print(f"{'':<12} {'before':>12} {'after':>12}")
     print(f"{'parameters':<12} {result.params_before:>12,} {result.params_after:>12,}")

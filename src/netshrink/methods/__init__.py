@@ -9,8 +9,9 @@ from .base import Decision, Method
 from .baselines import LowRank, Magnitude, Random
 from .group_lasso import GroupLasso
 from .interpolative import Interpolative
+from .multitask_lasso import MultitaskLasso
 
-METHODS = {cls.name: cls for cls in (Interpolative, GroupLasso, Magnitude, Random, LowRank)}
+METHODS = {cls.name: cls for cls in (Interpolative, GroupLasso, MultitaskLasso, Magnitude, Random, LowRank)}
 
 
 def make_method(name: str, **options) -> Method:

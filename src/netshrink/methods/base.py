@@ -9,7 +9,7 @@ input weights (``decide``). Methods never touch modules: rewriting is done elsew
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -34,6 +34,8 @@ class Decision:
             ``kept`` is every unit and ``consumer_weights`` is empty.
         bias_shifts: one ``(out_i,)`` vector or None per consumer, added to its bias
             (the intercept of a refit); empty when no bias changes.
+        details: what the method reports beyond the error (e.g. a solver's objective,
+            iterations, time, stop reason); JSON-serialisable values.
     """
 
     kept: torch.Tensor
@@ -41,6 +43,7 @@ class Decision:
     error: float
     factors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
     bias_shifts: tuple[torch.Tensor | None, ...] = ()
+    details: dict = field(default_factory=dict)
 
 
 class Method(Protocol):

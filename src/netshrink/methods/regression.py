@@ -80,14 +80,19 @@ class Regression:
         return max(value, 0.0)
 
 
-def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module]) -> list[Regression]:
-    """The problem of every consumer of ``cut``, from the statistics and current weights."""
+def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+                intercept: bool = True) -> list[Regression]:
+    """The problem of every consumer of ``cut``, from the statistics and current weights.
+
+    With ``intercept=False`` the statistics stay uncentred even for a consumer with a
+    bias: the bias is frozen and the targets are the linear outputs ``y = W z``.
+    """
     problems = []
     for index, layer in enumerate(consumers):
         gram, cross, reference = statistic.result(index)
         weight = weight_matrix(layer).to(gram.device)
         group = weight.shape[1] // cut.width
-        if layer.bias is None:
+        if layer.bias is None or not intercept:
             energy = float((weight @ reference * weight).sum())
             problems.append(Regression(gram, cross @ weight.T, energy, weight, group))
             continue

@@ -1,0 +1,147 @@
+"""Input selection by the multi-task lasso of one Linear layer (Shenouda et al., seed 002).
+
+The consumer ``W: (D, K)`` with its bias ``b`` frozen gets the new weights
+
+    V = argmin  (1/D)·E‖y − V x‖² + lam·Σ_k ‖V[:, k]‖₂,     y = W z,
+
+over the calibration data (``x`` the inputs the consumer reads, ``z`` those the original
+network feeds it; the same for ``chaining="parallel"`` and for the first cut), which is
+the seed's ``(1/(D·N))·‖V Φ + b − Ψ‖²`` plus ``lam`` times the column norms with
+``Ψ = W Z + b``: see :mod:`netshrink.linalg.multitask_lasso`. Inputs whose column has
+norm ≤ 1e-7 are removed; the kept columns of ``V`` are the new weights as they are (no
+refit: that is ``group_lasso``'s debiasing) and the bias stays as it was.
+
+``lam`` is on the seed's absolute scale (published: 0.01 for VGG-19's last layer, 0.05
+for AlexNet's, 0.5 for the penultimate and first), not relative to ``λ_max`` as for
+``group_lasso``. Solvers of the identical objective:
+
+- ``solver="fista"`` (default): the group-lasso solver on the Gram statistics after the
+  exact rescaling ``λ = lam·D/2``, stopped on a duality gap ``gap_tol·F(0)``;
+- ``solver="prox_adam"``: the original scheme (Adam steps of learning rate ``mu`` then
+  the group shrink, the 1000-iteration relative-change rule, float32), run on the same
+  statistics; ``max_seconds`` caps its wall time and ``max_iter`` its iterations (the
+  original has neither and needs hours on real layers). It does not converge to the minimiser (see the linalg module).
+
+``warm_start=True`` starts either solver from the original weights instead of (prox-Adam)
+a fresh ``nn.Linear`` initialisation drawn with ``seed``, or (FISTA) zero.
+
+Only ``nn.Linear`` consumers reading single features are supported (one input a unit):
+a layer's neurons, or — through :func:`netshrink.graph.input_cut` — flattened conv
+features or the network's input, served by a sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, UnsupportedCutError
+from ..graph import Cut
+from ..linalg import multitask_lasso_fista, prox_adam_gram
+from ..observe import GramStatistic
+from .base import Decision
+from .regression import regressions, relative_error
+
+SOLVERS = ("fista", "prox_adam")
+
+
+class MultitaskLasso:
+    """``method="multitask_lasso"``: the seed-002 objective, FISTA or prox-Adam."""
+
+    name = "multitask_lasso"
+    needs_reference = True
+
+    def __init__(self, lam: float | None = None, solver: str = "fista", mu: float | None = None,
+                 warm_start: bool = False, max_seconds: float | None = None, max_iter: int | None = None,
+                 seed: int = 0, gap_tol: float = 1e-7):
+        if lam is None:
+            raise InvalidInputError(
+                "multitask_lasso needs lam, the weight of Σ‖V[:, k]‖ on the seed's scale (e.g. 0.05 for "
+                "AlexNet's last layer, 0.5 for its penultimate and first fully connected layers)"
+            )
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise InvalidInputError(f"lam must be a finite number ≥ 0, got {lam!r}")
+        if solver not in SOLVERS:
+            raise InvalidInputError(f"unknown solver {solver!r} for multitask_lasso; use one of {', '.join(SOLVERS)}")
+        if solver == "prox_adam":
+            if mu is None:
+                raise InvalidInputError("solver='prox_adam' needs mu, its Adam learning rate (published: 0.03, 0.07)")
+            if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
+                raise InvalidInputError(f"mu (the Adam learning rate) must be a finite number > 0, got {mu!r}")
+        elif mu is not None or max_seconds is not None or max_iter is not None:
+            raise InvalidInputError(
+                "mu, max_seconds and max_iter belong to solver='prox_adam'; solver='fista' has no step size "
+                "and stops on its duality gap (gap_tol)"
+            )
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
+            raise InvalidInputError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
+        if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                        or math.isnan(max_seconds) or max_seconds <= 0):
+            raise InvalidInputError(f"max_seconds must be a number > 0, got {max_seconds!r}")
+        if not isinstance(warm_start, bool):
+            raise InvalidInputError(f"warm_start must be True or False, got {warm_start!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidInputError(f"seed must be an integer, got {seed!r}")
+        if isinstance(gap_tol, bool) or not isinstance(gap_tol, (int, float)) or not 0 < gap_tol < 1:
+            raise InvalidInputError(f"gap_tol (the relative duality gap) must be in (0, 1), got {gap_tol!r}")
+        self.lam, self.solver, self.mu = float(lam), solver, mu
+        self.warm_start, self.seed, self.gap_tol = warm_start, seed, gap_tol
+        self.max_seconds, self.max_iter = max_seconds, max_iter
+
+    def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
+        _check_target(cut, consumers)
+        return GramStatistic(consumers)
+
+    def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+               producers: list[nn.Module]) -> Decision:
+        _check_target(cut, consumers)
+        (problem,) = regressions(cut, statistic, consumers, intercept=False)
+        init = problem.weight if self.warm_start else None
+        if self.solver == "fista":
+            result = multitask_lasso_fista(problem.gram, problem.cross, self.lam, energy=problem.energy,
+                                           tol=self.gap_tol, init=init)
+            details = {"solver": "fista", "gap": result.gap, "converged": result.converged}
+        else:
+            result = prox_adam_gram(problem.gram, problem.cross, problem.energy, self.lam, self.mu, init=init,
+                                    seed=self.seed, max_seconds=self.max_seconds, max_iter=self.max_iter)
+            details = {"solver": "prox_adam", "mu": self.mu, "converged": result.converged,
+                       "stop_reason": result.stop_reason}
+        details.update(objective=result.objective, error_term=result.error, penalty=result.penalty,
+                       iterations=result.iterations, seconds=result.seconds, lam=self.lam)
+        V = result.V.to(torch.float64)
+        kept = result.active.to(torch.int64)
+        if len(kept) == 0:
+            # every input removed: the layer outputs its bias. Keep the input that the
+            # targets correlate with most, with a zero weight — the same function.
+            kept = torch.argmax(problem.cross.square().sum(dim=1)).reshape(1).cpu()
+        weight = V[:, kept.to(V.device)]
+        return Decision(
+            kept=kept,
+            consumer_weights=(weight.to(consumers[0].weight.dtype),),
+            error=relative_error([problem], kept.to(problem.gram.device), [weight.to(problem.gram.device)]),
+            details=details,
+        )
+
+
+def _check_target(cut: Cut, consumers: list[nn.Module]) -> None:
+    """The seed's method compresses the inputs of one ``nn.Linear``, one input a unit."""
+    if len(consumers) != 1:
+        raise UnsupportedCutError(
+            f"multitask_lasso compresses the inputs of one nn.Linear; {cut.name!r} is read by "
+            f"{len(consumers)} layers ({', '.join(cut.consumers)}). Pick one with layer=..."
+        )
+    layer = consumers[0]
+    if type(layer) is not nn.Linear:
+        raise UnsupportedCutError(
+            f"multitask_lasso compresses the inputs of an nn.Linear; {cut.consumers[0]!r} is a "
+            f"{type(layer).__name__}. Target a fully connected layer with layer='first'|'pen'|'last' or its path"
+        )
+    if layer.in_features != cut.width:
+        raise UnsupportedCutError(
+            f"multitask_lasso removes single inputs; {cut.consumers[0]!r} reads {cut.name!r} as "
+            f"{cut.width} channels of {layer.in_features // cut.width} features each. Use "
+            f"layer={cut.consumers[0]!r}: its {layer.in_features} inputs are then selected one by one "
+            "and served by a sampler"
+        )
