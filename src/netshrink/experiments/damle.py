@@ -27,7 +27,6 @@ units of their top pivot.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netshrink.experiments.runtime import Log, torch_threads
+from netshrink.experiments.runtime import Log, torch_threads, write_json
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -196,7 +195,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         seconds["total"] = time.perf_counter() - started
         text = _summary(settings, quick, context, seconds, g1, g2, g3, g4, g5, g6, g7)
         (folder / "summary.md").write_text(text, encoding="utf-8")
-        _write_json(folder / "run.json", {
+        write_json(folder / "run.json", {
             "mode": "quick" if quick else "full",
             "settings": asdict(settings),
             "seconds": seconds,
@@ -322,7 +321,7 @@ def _goal2(folder: Path, settings: Settings, log) -> dict:
         "cpu_count": os.cpu_count(),
     }
     _plot_g2(folder / "g2_cpqr_scaling.png", data)
-    _write_json(folder / "g2_cpqr_scaling.json", data)
+    write_json(folder / "g2_cpqr_scaling.json", data)
     return data
 
 
@@ -440,7 +439,7 @@ def _goal3(folder: Path, settings: Settings) -> dict:
         title=f"Goal 3: Gaussian kernel matrix G ({settings.kernel_points}×{settings.kernel_points}), "
         "rank-k approximation error",
     )
-    _write_json(folder / "g3_kernel_id.json", data)
+    write_json(folder / "g3_kernel_id.json", data)
     return data
 
 
@@ -602,7 +601,7 @@ def _goal4(folder: Path, context: _Context) -> dict:
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend(loc="upper left", fontsize=8, ncol=2)
     _save(figure, folder / "g4_test_accuracy.png")
-    _write_json(folder / "g4_test_accuracy.json", data)
+    write_json(folder / "g4_test_accuracy.json", data)
     return data
 
 
@@ -710,7 +709,7 @@ def _goal5(folder: Path, settings: Settings, context: _Context, log) -> dict:
         title=f"Goal 5: Z = σ(X_cᵀW⁽¹⁾), {samples:,} calibration images × {width} neurons "
         f"({context.first_cut.name})",
     )
-    _write_json(folder / "g5_activation_id.json", data)
+    write_json(folder / "g5_activation_id.json", data)
     return data
 
 
@@ -845,7 +844,7 @@ def _goal6(folder: Path, settings: Settings, context: _Context, g5: dict, log) -
         "smallest_fraction_kept_within_drop": knees,
     }
     _plot_g6(folder / "g6_first_layer.png", data)
-    _write_json(folder / "g6_first_layer.json", data)
+    write_json(folder / "g6_first_layer.json", data)
     return data
 
 
@@ -985,7 +984,7 @@ def _goal7(folder: Path, settings: Settings, context: _Context, g6: dict, log) -
         "keep_smallest_params_within_drop": _smallest_within(keep_rows) if keep_rows else None,
     }
     _plot_g7(folder / "g7_whole_model.png", data)
-    _write_json(folder / "g7_whole_model.json", data)
+    write_json(folder / "g7_whole_model.json", data)
     return data
 
 
@@ -1449,27 +1448,3 @@ def _figure(rows: int, cols: int, size, **options):
 
 def _save(figure, path: Path) -> None:
     figure.savefig(path, dpi=110)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    return value
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netshrink.experiments.runtime import Log, torch_threads
+from netshrink.experiments.runtime import Log, torch_threads, write_json
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -269,7 +268,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         seconds["total"] = time.perf_counter() - started
         text = _summary(settings, quick, context, runner, seconds, table, fig5, fig6, acceptance)
         (folder / "summary.md").write_text(text, encoding="utf-8")
-        _write_json(folder / "run.json", {
+        write_json(folder / "run.json", {
             "mode": "quick" if quick else "full",
             "settings": asdict(settings),
             "seconds": seconds,
@@ -572,7 +571,7 @@ def _figure6(folder: Path, settings: Settings, context: _Context, runner: _Runne
         f"{drop:g}": {c["label"]: _smallest_within(c["points"], drop) for c in curves} for drop in (0.5, 1.0)
     }
     _save(_draw_fig6(data), folder / "fig6_chaining.png")
-    _write_json(folder / "fig6_chaining.json", data)
+    write_json(folder / "fig6_chaining.json", data)
     return data
 
 
@@ -683,7 +682,7 @@ def _figure5(folder: Path, settings: Settings, context: _Context, runner: _Runne
         "same_support": [d == b for d, b in zip(debiased["x_kept"], biased["x_kept"])],
     }
     _save(_draw_fig5(data), folder / "fig5_debiasing.png")
-    _write_json(folder / "fig5_debiasing.json", data)
+    write_json(folder / "fig5_debiasing.json", data)
     return data
 
 
@@ -870,7 +869,7 @@ def _table1(folder: Path, settings: Settings, context: _Context, runner: _Runner
         "seed": SEED_TABLE1,
         "not_run": {n: context.skipped.get(n, "not available") for n in TABLE_NETWORKS if n not in rows},
     }
-    _write_json(folder / "table1.json", data)
+    write_json(folder / "table1.json", data)
     return data
 
 
@@ -982,7 +981,7 @@ def _acceptance(folder: Path, settings: Settings, context: _Context, runner: _Ru
         v["size_target_met"] and v["above_every_baseline"] for v in networks.values())
     if networks:
         _save(_draw_acceptance(data), folder / "acceptance.png")
-    _write_json(folder / "acceptance.json", data)
+    write_json(folder / "acceptance.json", data)
     return data
 
 
@@ -1312,7 +1311,7 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
             lines.append(f"- `{error.splitlines()[0][:160]}` — {where}.")
         lines.append("")
     lines += ["## Run", "",
-              f"Wall time: " + ", ".join(f"{step} {value:.1f} s" for step, value in seconds.items()) + ". "
+              "Wall time: " + ", ".join(f"{step} {value:.1f} s" for step, value in seconds.items()) + ". "
               f"{runner.compressions} compressions ({runner.compress_seconds:.0f} s) and "
               f"{runner.evaluations} test evaluations ({runner.evaluate_seconds:.0f} s) on {THREADS} torch "
               f"thread; finetuning on {FINETUNE_THREADS}. torch {torch.__version__}, Python "
@@ -1352,26 +1351,3 @@ def _log_axis(axis, kind: str) -> None:
 
 def _save(figure, path: Path) -> None:
     figure.savefig(path, dpi=110)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    return value
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -1,11 +1,15 @@
-"""What every reproduction run shares: a fixed torch thread count and a progress log."""
+"""What every reproduction run shares: a fixed torch thread count, a progress log, JSON output."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -39,3 +43,27 @@ class Log:
     def __call__(self, message: str) -> None:
         if self.enabled:
             print(f"[{self.name} {time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def plain(value):
+    """``value`` as plain JSON types: numpy/torch scalars and arrays to numbers and lists,
+    non-finite floats to None (JSON has no NaN), dict keys to strings."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return plain(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` (see :func:`plain`) as indented JSON to ``path`` (inside an atomic folder)."""
+    path.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import os
 import platform
@@ -87,7 +86,7 @@ import numpy as np
 import torch
 
 from netshrink.errors import InvalidInputError
-from netshrink.experiments.runtime import Log, torch_threads
+from netshrink.experiments.runtime import Log, torch_threads, write_json
 
 __all__ = [
     "run", "Settings", "FULL", "QUICK", "Interpolant", "SupportSearch", "PathSolution",
@@ -700,12 +699,12 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         width_data = _widths_json(settings, paths)
         for stem, data, draw in (("brute_force", brute_data, _draw_brute),
                                  ("random_widths", width_data, _draw_widths)):
-            _write_json(folder / f"{stem}.json", data)
+            write_json(folder / f"{stem}.json", data)
             draw(data).savefig(folder / f"{stem}.png", dpi=110)
         seconds["total"] = time.perf_counter() - started
         text = _summary(settings, quick, brute_data, width_data, seconds)
         (folder / "summary.md").write_text(text, encoding="utf-8")
-        _write_json(folder / "run.json", {
+        write_json(folder / "run.json", {
             "mode": "quick" if quick else "full", "settings": asdict(settings), "seconds": seconds,
             "tolerances": {"rtol": RTOL, "active_rtol": ACTIVE_RTOL, "path_active_rtol": PATH_ACTIVE_RTOL,
                            "certificate_rtol": CERTIFICATE_RTOL,
@@ -927,19 +926,3 @@ def _summary(settings: Settings, quick: bool, brute: dict, widths: dict, seconds
 
 def _pairs(histogram: dict) -> str:
     return ", ".join(f"{size}: {count}" for size, count in histogram.items())
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
