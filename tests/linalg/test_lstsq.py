@@ -34,6 +34,19 @@ def test_singular_block_gives_the_minimum_norm_solution(seed):
     np.testing.assert_allclose(X @ M.numpy().T, X @ expected.T, atol=1e-6)
 
 
+def test_singular_blocks_are_solved_correctly_every_time():
+    # many fresh draws: a LAPACK binding that reads uninitialised memory fails at random
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n, d = rng.integers(20, 80), rng.integers(2, 12)
+        X = rng.standard_normal((n, d))
+        X[:, rng.integers(d)] = 0.0
+        Y = rng.standard_normal((n, rng.integers(1, 4)))
+        M = lstsq_from_gram(torch.from_numpy(X.T @ X / n), torch.from_numpy(X.T @ Y / n))
+        expected = (np.linalg.pinv(X.T @ X / n) @ (X.T @ Y / n)).T
+        np.testing.assert_allclose(M.numpy(), expected, atol=1e-8, err_msg=f"trial {trial}")
+
+
 def test_edge_cases_and_errors():
     gram, cross = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
     assert float(lstsq_from_gram(gram, cross).abs().max()) == 0

@@ -9,6 +9,7 @@ every refit of a fixed support (the ``magnitude``/``random`` + refit baselines, 
 
 from __future__ import annotations
 
+import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
@@ -81,6 +82,10 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
     if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > _PIVOT_FLOOR * scale:
         return torch.cholesky_solve(cross, factor).T
     # Singular or numerically singular: minimum-norm solution by complete orthogonal
-    # factorisation (CPU LAPACK; other devices go through the CPU for this rare case).
-    solution = torch.linalg.lstsq(gram.cpu(), cross.cpu(), rcond=_PIVOT_FLOOR, driver="gelsy").solution
-    return solution.T.contiguous().to(cross.device)
+    # factorisation (CPU LAPACK through scipy; other devices go through the CPU for this
+    # rare case). Not torch.linalg.lstsq(driver="gelsy"): torch 2.13's CPU binding passes
+    # LAPACK an uninitialised pivot array, so the rank and solution it returns for a
+    # singular matrix depend on leftover memory (wrong in most of 200 random trials).
+    solution, _, _, _ = scipy.linalg.lstsq(gram.cpu().numpy(), cross.cpu().numpy(), cond=_PIVOT_FLOOR,
+                                           lapack_driver="gelsy", check_finite=False)
+    return torch.from_numpy(solution.T.copy()).to(cross.device)
