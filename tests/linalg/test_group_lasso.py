@@ -289,3 +289,21 @@ def test_keep_search_completes_a_support_that_explains_almost_everything():
     assert len(result.active) == 8
     support = set(torch.nonzero(result.M.norm(dim=0) > 0).flatten().tolist())
     assert support <= set(result.active.tolist())
+
+
+def test_output_reduction_spans_the_targets_in_every_trial():
+    # the reduction's rank comes from LAPACK; a wrong rank would silently drop outputs
+    from netshrink.linalg.group_lasso import _output_basis
+
+    rng = np.random.default_rng(5)
+    for trial in range(100):
+        d, out = int(rng.integers(20, 60)), int(rng.integers(16, 40))
+        rank = int(rng.integers(1, min(d, out)))
+        cross = torch.from_numpy(rng.standard_normal((d, rank)) @ rng.standard_normal((rank, out)))
+        basis = _output_basis(cross)
+        if basis is None:  # not worth it: only when the rank is close to out
+            assert rank > 0.8 * out - 1, f"trial {trial}"
+            continue
+        assert basis.shape == (out, rank if out <= d else d), f"trial {trial}"  # out > d: thin QR
+        residual = cross.T - basis @ (basis.T @ cross.T)
+        assert float(residual.abs().max()) <= 1e-10 * float(cross.abs().max()), f"trial {trial}"

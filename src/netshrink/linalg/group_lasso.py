@@ -102,6 +102,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
@@ -769,10 +770,13 @@ def _output_basis(cross: torch.Tensor) -> torch.Tensor | None:
         return basis
     if out < _REDUCE_MIN_OUT:
         return None
-    # numerical rank from LAPACK's pivoted QR (gelsy, cutoff max(d, out)·ε_mach relative);
-    # about the cost of one FISTA iteration, and no eigensolver
-    host = cross.cpu()
-    rank = int(torch.linalg.lstsq(host, host.new_zeros(d, 1), driver="gelsy").rank)
+    # numerical rank from LAPACK's pivoted QR (gelsy through scipy, cutoff max(d, out)·ε_mach
+    # relative; torch 2.13's CPU gelsy reads an uninitialised pivot array, see
+    # lstsq_from_gram); about the cost of one FISTA iteration, and no eigensolver
+    host = cross.cpu().numpy()
+    cutoff = max(d, out) * np.finfo(np.float64).eps
+    rank = int(scipy.linalg.lstsq(host, np.zeros((d, 1)), cond=cutoff, lapack_driver="gelsy",
+                                  check_finite=False)[2])
     if rank == 0 or rank > _REDUCE_FACTOR * out:
         return None
     # the first ``rank`` pivoted columns of crossᵀ span its range to round-off
