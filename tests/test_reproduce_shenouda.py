@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from netshrink import zoo
 from netshrink.errors import OutputExistsError
-from netshrink.experiments import shenouda_compress
+from netshrink.experiments import shenouda, shenouda_compress
 from netshrink.experiments.runtime import Log
 
 TINY = dataclasses.replace(
@@ -94,3 +94,15 @@ def test_run_writes_the_report_atomically_and_refuses_an_existing_folder(tmp_pat
     with pytest.raises(OutputExistsError):
         shenouda_compress.run(out, quick=True)
     assert (out / "summary.md").read_text() == text
+
+
+@pytest.mark.slow
+def test_reproduce_shenouda_quick_writes_every_part(tmp_path):
+    out = tmp_path / "shenouda"
+    text = shenouda.run(out, quick=True)
+    for part in shenouda.PARTS:
+        assert (out / part / "summary.md").is_file()
+        assert any(p.suffix == ".png" for p in (out / part).iterdir())
+        assert any(p.suffix == ".json" for p in (out / part).iterdir())
+    assert (out / "summary.md").read_text() == text
+    assert "](compression/compression.png)" in text

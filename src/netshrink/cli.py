@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a seed document's figures and tables")
-    reproduce.add_argument("study", choices=["damle", "robin"], help="which seed document")
+    reproduce.add_argument("study", choices=["damle", "robin", "shenouda"], help="which seed document")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, for CI (< 3 minutes)")
     reproduce.add_argument("--out", type=Path, default=None, help="output folder (default: out/STUDY)")
     reproduce.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -177,9 +177,9 @@ def _evaluate(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import damle, robin
+    from .experiments import damle, robin, shenouda
 
-    study = {"damle": damle, "robin": robin}[args.study]
+    study = {"damle": damle, "robin": robin, "shenouda": shenouda}[args.study]
     out = args.out if args.out is not None else Path("out") / args.study
     summary = study.run(out, quick=args.quick, overwrite=args.force, progress=sys.stderr.isatty())
     print(summary)

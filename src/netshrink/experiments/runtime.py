@@ -67,3 +67,18 @@ def plain(value):
 def write_json(path: Path, data) -> None:
     """Write ``data`` (see :func:`plain`) as indented JSON to ``path`` (inside an atomic folder)."""
     path.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def versions(*extra: str) -> dict:
+    """Versions of numpy, torch, matplotlib, netshrink and the modules named in ``extra``."""
+    import importlib
+
+    import matplotlib
+
+    import netshrink
+
+    found = {"numpy": np.__version__, "torch": torch.__version__, "matplotlib": matplotlib.__version__,
+             "netshrink": getattr(netshrink, "__version__", "unknown")}
+    for name in extra:
+        found[name] = importlib.import_module(name).__version__
+    return found

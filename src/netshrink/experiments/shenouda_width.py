@@ -86,7 +86,7 @@ import numpy as np
 import torch
 
 from netshrink.errors import InvalidInputError
-from netshrink.experiments.runtime import Log, torch_threads, write_json
+from netshrink.experiments.runtime import Log, torch_threads, versions, write_json
 
 __all__ = [
     "run", "Settings", "FULL", "QUICK", "Interpolant", "SupportSearch", "PathSolution",
@@ -711,21 +711,11 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
                            "feasible_rtol": FEASIBLE_RTOL, "clarabel_tol": CLARABEL_TOL, "path_tol": PATH_TOL,
                            "residual_target": RESIDUAL_TARGET, "path_factor": PATH_FACTOR,
                            "path_steps": PATH_STEPS},
-            "versions": _versions(), "torch_threads": THREADS, "python": platform.python_version(),
+            "versions": versions("cvxpy"), "torch_threads": THREADS, "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
         })
     log(f"wrote {out} in {seconds['total']:.1f} s")
     return text
-
-
-def _versions() -> dict:
-    import cvxpy
-    import matplotlib
-
-    import netshrink
-
-    return {"numpy": np.__version__, "torch": torch.__version__, "cvxpy": cvxpy.__version__,
-            "matplotlib": matplotlib.__version__, "netshrink": getattr(netshrink, "__version__", "unknown")}
 
 
 # --------------------------------------------------------------------------------------
