@@ -50,8 +50,14 @@ def test_every_layer_reports_scores_kept_inputs_and_honest_parameters(tiny_study
                 assert net["parameters"] - run["params_after"] == removed * layer["outputs"]
             else:  # the producer's rows (weights + bias) and the consumer's columns
                 assert net["parameters"] - run["params_after"] == removed * (576 + 1 + layer["outputs"])
-            for split in ("train", "validation", "test"):
-                assert 0 <= run["scores"][split]["accuracy"] <= 1 and run["scores"][split]["loss"] > 0
+            assert {"validation", "test"} <= set(run["scores"])
+            for split, score in run["scores"].items():
+                assert 0 <= score["accuracy"] <= 1 and score["loss"] > 0, split
+        for run in layer["runs"].values():  # the reported runs are scored on the training images too
+            assert set(run["scores"]) == {"train", "validation", "test"}
+        if layer["chosen_lam"] is not None:
+            chosen = next(r for r in layer["sweep"] if r["lam"] == layer["chosen_lam"])
+            assert "train" in chosen["scores"]
         # a larger lam never keeps more inputs on this two-point grid
         assert layer["sweep"][0]["kept"] >= layer["sweep"][1]["kept"]
 
