@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netshrink.experiments.runtime import Log, torch_threads, write_json
+from netshrink.experiments.runtime import Log, output_folder, torch_threads, write_json
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -158,21 +158,10 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
             before any work is done.
         progress: report each step on stderr.
     """
-    from netshrink.atomic import atomic_directory
-    from netshrink.errors import OutputExistsError
-
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; refusing to overwrite it. Choose another --out, delete "
-            "it, or pass --force (overwrite=True)."
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
     log = Log("damle", progress)
     started = time.perf_counter()
-    with atomic_directory(out, overwrite=overwrite) as folder:
-        folder = Path(folder)
+    with output_folder(out, overwrite) as folder:
         seconds: dict[str, float] = {}
 
         def timed(goal: str, function, *args):

@@ -82,3 +82,25 @@ def versions(*extra: str) -> dict:
     for name in extra:
         found[name] = importlib.import_module(name).__version__
     return found
+
+
+@contextlib.contextmanager
+def output_folder(out, overwrite: bool):
+    """The folder a reproduction writes, atomically: yields a temporary folder that
+    replaces ``out`` only when the block completes.
+
+    An existing ``out`` is refused with OutputExistsError before any work is done,
+    unless ``overwrite``.
+    """
+    from netshrink.atomic import atomic_directory
+    from netshrink.errors import OutputExistsError
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputExistsError(
+            f"{out} already exists; refusing to overwrite it. Choose another --out, delete "
+            "it, or pass --force (overwrite=True)."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(out, overwrite=overwrite) as folder:
+        yield Path(folder)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from netshrink.experiments.runtime import Log
+from netshrink.experiments.runtime import Log, output_folder
 
 __all__ = ["run", "PARTS"]
 
@@ -34,23 +34,13 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
     that are not cached untrained, and says so). An existing ``out`` is refused with
     OutputExistsError unless ``overwrite``.
     """
-    from netshrink.atomic import atomic_directory
-    from netshrink.errors import OutputExistsError
     from netshrink.experiments import shenouda_compress, shenouda_sharing, shenouda_width
 
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; refusing to overwrite it. Choose another --out, delete "
-            "it, or pass --force (overwrite=True)."
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
     modules = {"compression": shenouda_compress, "width": shenouda_width, "sharing": shenouda_sharing}
     log = Log("shenouda", progress)
     started = time.perf_counter()
     sections = []
-    with atomic_directory(out, overwrite=overwrite) as folder:
-        folder = Path(folder)
+    with output_folder(out, overwrite) as folder:
         for part in PARTS:
             log(f"{part}: starting")
             text = modules[part].run(folder / part, quick=quick, progress=progress)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from netshrink.experiments.runtime import Log, torch_threads, write_json
+from netshrink.experiments.runtime import Log, output_folder, torch_threads, write_json
 
 __all__ = ["run", "Settings", "FULL", "QUICK", "published_settings"]
 
@@ -110,21 +110,10 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         overwrite: replace an existing ``out`` (else OutputExistsError before any work).
         progress: report each run on stderr.
     """
-    from netshrink.atomic import atomic_directory
-    from netshrink.errors import OutputExistsError
-
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; refusing to overwrite it. Choose another --out, delete "
-            "it, or pass --force (overwrite=True)."
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
     log = Log("shenouda-compress", progress)
     started = time.perf_counter()
-    with atomic_directory(out, overwrite=overwrite) as folder, torch_threads(THREADS):
-        folder = Path(folder)
+    with output_folder(out, overwrite) as folder, torch_threads(THREADS):
         data = study(settings, log)
         data["mode"] = "quick" if quick else "full"
         data["seconds"] = time.perf_counter() - started

@@ -86,7 +86,7 @@ import numpy as np
 import torch
 
 from netshrink.errors import InvalidInputError
-from netshrink.experiments.runtime import Log, torch_threads, versions, write_json
+from netshrink.experiments.runtime import Log, output_folder, torch_threads, versions, write_json
 
 __all__ = [
     "run", "Settings", "FULL", "QUICK", "Interpolant", "SupportSearch", "PathSolution",
@@ -675,22 +675,11 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
             before any work is done.
         progress: report each trial on stderr.
     """
-    from netshrink.atomic import atomic_directory
-    from netshrink.errors import OutputExistsError
-
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; refusing to overwrite it. Choose another --out, delete "
-            "it, or pass --force (overwrite=True)."
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
     _check_settings(settings)
     log = Log("shenouda-width", progress)
     started = time.perf_counter()
-    with atomic_directory(out, overwrite=overwrite) as folder:
-        folder = Path(folder)
+    with output_folder(out, overwrite) as folder:
         brute = brute_force_records(settings, log)
         seconds = {"brute_force": time.perf_counter() - started}
         paths = path_records(settings, log)
