@@ -82,20 +82,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _threads_from_argv(argv: list[str]) -> int:
-    for index, item in enumerate(argv):
-        if item == "--threads" and index + 1 < len(argv):
-            return int(argv[index + 1])
-        if item.startswith("--threads="):
-            return int(item.split("=", 1)[1])
-    return 1
-
-
-THREADS = _threads_from_argv(sys.argv[1:])
-if THREADS > 0:  # before numpy/scipy load their BLAS
-    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[_variable] = str(THREADS)
+import pinning  # noqa: E402, F401  (sets the thread variables before numpy/torch load)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
