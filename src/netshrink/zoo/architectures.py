@@ -175,20 +175,12 @@ class VGG(nn.Module):
     def __init__(self, channels: Sequence[int | str], hidden: int, num_classes: int = 10,
                  dropout: float = 0.3) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        size, previous = 28, 1
-        for item in channels:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            else:
-                layers += [nn.Conv2d(previous, int(item), 3, padding=1), nn.BatchNorm2d(int(item)), nn.ReLU()]
-                previous = int(item)
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(previous * size * size, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+
+        def block(previous: int, width) -> list[nn.Module]:
+            return [nn.Conv2d(previous, int(width), 3, padding=1), nn.BatchNorm2d(int(width)), nn.ReLU()]
+
+        self.features, features = _conv_stack(channels, block, lambda width: int(width))
+        self.classifier = _head(features, [hidden], num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -237,24 +229,13 @@ class AlexNet(nn.Module):
     def __init__(self, convs: Sequence[tuple[int, int] | str], hidden: Sequence[int], num_classes: int = 10,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        size, previous = 28, 1
-        for item in convs:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            else:
-                channels, kernel = item
-                layers += [nn.Conv2d(previous, channels, kernel, padding=kernel // 2), nn.ReLU()]
-                previous = channels
-        self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.Flatten()]
-        width = previous * size * size
-        for units in hidden:
-            head += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(dropout)]
-            width = units
-        head.append(nn.Linear(width, num_classes))
-        self.classifier = nn.Sequential(*head)
+
+        def block(previous: int, item) -> list[nn.Module]:
+            channels, kernel = item
+            return [nn.Conv2d(previous, channels, kernel, padding=kernel // 2), nn.ReLU()]
+
+        self.features, features = _conv_stack(convs, block, lambda item: item[0])
+        self.classifier = _head(features, hidden, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -285,3 +266,28 @@ class AlexNetRecipe(TrainingRecipe):
         return {"class": "AlexNet", "input_shape": [1, 28, 28], "convs": [list(c) if c != "M" else c
                                                                          for c in self.convs],
                 "hidden": list(self.hidden), "dropout": 0.5}
+
+
+def _conv_stack(items, block, channels_of) -> tuple[nn.Sequential, int]:
+    """Convolution blocks for ``(N, 1, 28, 28)`` inputs: ``block(in_channels, item)`` per
+    item, a 2×2 max-pool per ``"M"``; returns the stack and its flattened output width."""
+    layers: list[nn.Module] = []
+    size, previous = 28, 1
+    for item in items:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        else:
+            layers += block(previous, item)
+            previous = channels_of(item)
+    return nn.Sequential(*layers), previous * size * size
+
+
+def _head(features: int, hidden: Sequence[int], num_classes: int, dropout: float) -> nn.Sequential:
+    """flatten → (fc → ReLU → Dropout) per hidden width → fc to the logits."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for units in hidden:
+        layers += [nn.Linear(features, units), nn.ReLU(), nn.Dropout(dropout)]
+        features = units
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
