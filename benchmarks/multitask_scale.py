@@ -18,7 +18,9 @@ own; reported: wall time of the whole call, the solver's share, peak memory, inp
 A second subprocess per case times prox-Adam iterations from the same statistics (3
 iterations, the ``D×K²`` gradient from the Gram statistics; the original's data form costs
 ``2·D·K·N`` per iteration instead) to give seconds per iteration. A case that exceeds
-``--timeout`` is reported as such. Numbers go to ``benchmarks/results/multitask_scale.json``
+``--timeout`` is reported as such, and one that needs more than ``--memory-limit``
+(default 90% of the machine's memory, an address-space limit on the subprocess) fails
+with the allocation error, reported. Numbers go to ``benchmarks/results/multitask_scale.json``
 (``multitask_scale_quick.json`` with ``--quick``).
 """
 
@@ -120,10 +122,17 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per case (default 3600; 600 with --quick)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--memory-limit", type=float,
+                        default=0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+                        help="address-space limit of each case in GiB (default: 90%% of the memory)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # NETWORK:ROLE:SAMPLES:SOLVER, in a subprocess
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.case:
+        # a case that needs more memory than the machine has fails with an allocation
+        # error instead of bringing in the out-of-memory killer
+        limit = int(args.memory_limit * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         network, role, samples, solver = args.case.split(":")
         print(json.dumps(case(network, role, int(samples), solver)))
         return 0
@@ -133,8 +142,8 @@ def main(argv=None) -> int:
         samples = SAMPLES[network][1 if args.quick else 0]
         for role in ("last", "pen", "first"):
             for solver in ("fista", "prox_adam"):
-                command = [sys.executable, __file__, "--threads", str(args.threads),
-                           "--case", f"{network}:{role}:{samples}:{solver}"]
+                command = [sys.executable, __file__, "--threads", str(args.threads), "--memory-limit",
+                           str(args.memory_limit), "--case", f"{network}:{role}:{samples}:{solver}"]
                 start = time.perf_counter()
                 try:
                     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
@@ -143,8 +152,9 @@ def main(argv=None) -> int:
                            "status": f"timeout after {timeout:.0f} s"}
                 else:
                     if done.returncode != 0:
+                        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
                         row = {"network": network, "role": role, "solver": solver, "samples": samples,
-                               "status": "failed: " + done.stderr.strip().splitlines()[-1][:300]}
+                               "status": "failed: " + last[:300]}
                     else:
                         row = {**json.loads(done.stdout.strip().splitlines()[-1]), "status": "ok"}
                 row["wall_seconds"] = time.perf_counter() - start
