@@ -129,3 +129,23 @@ def test_reference_statistics_pair_current_and_original_inputs():
     torch.testing.assert_close(gram, a.T @ a / 64)
     torch.testing.assert_close(cross, a.T @ z / 64)
     torch.testing.assert_close(reference, z.T @ z / 64)
+
+
+def test_gram_statistic_averages_once_in_place_and_then_takes_no_rows():
+    generator = torch.Generator().manual_seed(4)
+    layer = nn.Linear(5, 3).double()
+    rows = torch.randn(40, 5, generator=generator, dtype=torch.float64)
+    reference = torch.randn(40, 5, generator=generator, dtype=torch.float64)
+    statistic = GramStatistic([layer])
+    with torch.inference_mode():
+        statistic.update(0, rows[:25], reference[:25])
+        statistic.update(0, rows[25:], reference[25:])
+    gram, cross, second = statistic.result(0)
+    torch.testing.assert_close(gram, rows.T @ rows / 40)
+    torch.testing.assert_close(cross, rows.T @ reference / 40)
+    torch.testing.assert_close(second, reference.T @ reference / 40)
+    again = statistic.result(0)  # a second read does not divide again
+    assert again[0] is gram and torch.equal(again[1], cross)
+    torch.testing.assert_close(statistic.means(0)[1], reference.mean(dim=0))
+    with pytest.raises(InvalidInputError, match="already read"):
+        statistic.update(0, rows[:5], reference[:5])
