@@ -430,7 +430,9 @@ class _ProxSettings:
     callback: Callable[[int, torch.Tensor], None] | None
 
     @classmethod
-    def checked(cls, lam, mu, check_every, rel_tol, max_seconds, max_iter, callback) -> _ProxSettings:
+    def checked(cls, lam, mu, check_every=1000, rel_tol=1e-7, max_seconds=None, max_iter=None,
+                callback=None) -> _ProxSettings:
+        """The validated settings of :func:`prox_adam` (InvalidInputError naming the bad one)."""
         lam = _checked_lam(lam)
         if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating, np.integer)) \
                 or not math.isfinite(mu) or mu <= 0:

@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import InvalidInputError, UnsupportedCutError
 from ..graph import Cut
 from ..linalg import multitask_lasso_fista, prox_adam_gram
+from ..linalg.multitask_lasso import _ProxSettings
 from ..observe import GramStatistic
 from .base import Decision
 from .regression import regressions, relative_error
@@ -68,18 +69,12 @@ class MultitaskLasso:
         if solver == "prox_adam":
             if mu is None:
                 raise InvalidInputError("solver='prox_adam' needs mu, its Adam learning rate (published: 0.03, 0.07)")
-            if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu <= 0:
-                raise InvalidInputError(f"mu (the Adam learning rate) must be a finite number > 0, got {mu!r}")
+            _ProxSettings.checked(lam, mu, max_seconds=max_seconds, max_iter=max_iter)  # before any work
         elif mu is not None or max_seconds is not None or max_iter is not None:
             raise InvalidInputError(
                 "mu, max_seconds and max_iter belong to solver='prox_adam'; solver='fista' has no step size "
                 "and stops on its duality gap (gap_tol)"
             )
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
-            raise InvalidInputError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
-        if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-                                        or math.isnan(max_seconds) or max_seconds <= 0):
-            raise InvalidInputError(f"max_seconds must be a number > 0, got {max_seconds!r}")
         if not isinstance(warm_start, bool):
             raise InvalidInputError(f"warm_start must be True or False, got {warm_start!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -91,12 +86,11 @@ class MultitaskLasso:
         self.max_seconds, self.max_iter = max_seconds, max_iter
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
-        _check_target(cut, consumers)
+        _check_target(cut, consumers)  # once, before the observation pass that decide() relies on
         return GramStatistic(consumers)
 
     def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:
-        _check_target(cut, consumers)
         (problem,) = regressions(cut, statistic, consumers, intercept=False)
         init = problem.weight if self.warm_start else None
         if self.solver == "fista":
