@@ -171,16 +171,18 @@ def _network(name: str, settings: Settings, splits: dict, log) -> dict:
         entry = {"roles": [role], "layer": path, "cut": cut.name, "inputs": cut.width, "sampled": cut.sampled,
                  "outputs": model.get_submodule(path).out_features, "published": {"mu": mu, "lam": lam}}
         runs = {
-            "published_fista": _run(model, path, splits, dict(lam=lam)),
+            "published_fista": _run(model, path, splits, dict(lam=lam))[0],
             "published_prox_adam": _run(model, path, splits, dict(
-                lam=lam, solver="prox_adam", mu=mu, max_seconds=settings.prox_adam_seconds)),
+                lam=lam, solver="prox_adam", mu=mu, max_seconds=settings.prox_adam_seconds))[0],
         }
         # the sweep is scored on validation (to choose) and test (to plot); the chosen
         # point also on the training images, like the published runs
-        sweep = [_run(model, path, splits, dict(lam=value), ("validation", "test")) for value in settings.lam_grid]
+        swept = [_run(model, path, splits, dict(lam=value), ("validation", "test")) for value in settings.lam_grid]
+        sweep = [record for record, _ in swept]
         chosen = _chosen(sweep, original["validation"]["accuracy"], settings.drop_target_pt)
         if chosen is not None:
-            chosen.update(_run(model, path, splits, dict(lam=chosen["lam"])))
+            chosen_model = swept[sweep.index(chosen)][1]
+            chosen["scores"]["train"] = _scores(chosen_model, *splits["train"])
         entry.update(runs=runs, sweep=sweep, chosen_lam=None if chosen is None else chosen["lam"])
         for label, result in runs.items():
             log(f"{name} {role} ({path}): {label}: kept {result['kept']}/{cut.width}, "
@@ -193,8 +195,10 @@ def _network(name: str, settings: Settings, splits: dict, log) -> dict:
             "parameters": count_parameters(model), "original": original, "layers": layers}
 
 
-def _run(model, path: str, splits: dict, options: dict, scored=("train", "validation", "test")) -> dict:
-    """One compression of the inputs of ``path`` and its scores on the ``scored`` splits."""
+def _run(model, path: str, splits: dict, options: dict,
+         scored=("train", "validation", "test")) -> tuple[dict, torch.nn.Module]:
+    """One compression of the inputs of ``path``: its record with the scores on the
+    ``scored`` splits, and the compressed model."""
     import netshrink
 
     calibration = splits["train"][0]
@@ -206,7 +210,7 @@ def _run(model, path: str, splits: dict, options: dict, scored=("train", "valida
         **options, "kept": report.kept, "total": report.total, "error": report.error,
         "params_after": result.params_after, "compress_seconds": seconds, "solver_details": report.details,
         "scores": {split: _scores(result.model, *splits[split]) for split in scored},
-    }
+    }, result.model
 
 
 def _chosen(sweep: list[dict], original_accuracy: float, drop_pt: float) -> dict | None:
