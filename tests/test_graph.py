@@ -148,6 +148,15 @@ def test_non_pointwise_op_between_blocks_a_cut():
         require_cuts(model)
 
 
+def test_layers_after_a_channel_mixing_op_are_still_found():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    cuts, skipped = find_cuts(model)
+    assert [(c.producers, c.consumers, c.width) for c in cuts] == [(("2",), ("4",), 6)]
+    assert {s.module for s in skipped} == {"0", "4"}
+    # readers of that mixed tensor get no sampler: no layer writes it
+    assert [c.name for c in find_cuts(model, coupling="sampler")[0]] == ["2"]
+
+
 def test_per_channel_prelu_is_not_pointwise():
     model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(4), nn.Linear(4, 2))
     assert find_cuts(model)[0] == []

@@ -188,6 +188,21 @@ def test_the_network_input_is_served_by_a_sampler():
         torch.testing.assert_close(result.model.layers[0](x), hidden)
 
 
+def test_a_model_with_an_input_sampler_compresses_again(tmp_path):
+    # the sampler's index_select mixes channels; the layers behind it are still cuts
+    model, x = _chain(10, widths=(6, 14, 10, 3))
+    sampled = netshrink.compress(model, x, "multitask_lasso", layer="first", lam=0.05).model
+    again = netshrink.compress(sampled, x, "group_lasso", lam=0.0)
+    assert [r.name for r in again.layers] == ["layers.0.layer", "layers.1"]
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x), sampled(x), rtol=1e-9, atol=1e-9)
+    shrunk = netshrink.compress(sampled, x, "group_lasso", lam=0.2)
+    assert shrunk.params_after < shrunk.params_before
+    restored = netshrink.load(shrunk.save(tmp_path / "twice"), sampled)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), shrunk.model(x))
+
+
 def test_layer_names_resolve_in_execution_order():
     model, _ = _chain(9, widths=(5, 7, 6, 4, 2))
     assert linear_layers(model) == ["layers.0", "layers.1", "layers.2", "layers.3"]

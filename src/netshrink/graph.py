@@ -75,7 +75,8 @@ _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 # Tensor layouts: "features" (units on the last dim, Linear outputs), "maps"
-# (N, C, H, W, Conv outputs), "flat" (maps flattened to (N, C·h·w)), "input".
+# (N, C, H, W, Conv outputs), "flat" (maps flattened to (N, C·h·w)), "input" (a tensor no
+# layer wrote: the network's input, or the output of an operation that mixes channels).
 _FEATURES, _MAPS, _FLAT, _INPUT = "features", "maps", "flat", "input"
 
 
@@ -128,7 +129,6 @@ class _Space:
     consumers: list[tuple[str, str, int]] = field(default_factory=list)  # (path, layout, node order)
     between: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
-    is_input: bool = False
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -171,7 +171,7 @@ def find_cuts(model: nn.Module, coupling: str = "joint") -> tuple[list[Cut], lis
                       tuple(space.between), width)
             cuts.append((order, cut))
             continue
-        if coupling == "sampler" and consumers and not space.is_input:
+        if coupling == "sampler" and consumers and space.producers:
             for path, _, position in space.consumers:
                 cuts.append((position, Cut((), (path,), (), tuple(space.between), width, sampled=True)))
             continue
@@ -322,7 +322,6 @@ class _Spaces:
         left, right = self.spaces[a], self.spaces[b]
         for name in ("producers", "companions", "consumers", "between", "blocked"):
             getattr(left, name).extend(getattr(right, name))
-        left.is_input = left.is_input or right.is_input
         return a
 
     def space(self, node) -> _Space:
@@ -377,7 +376,7 @@ class _Spaces:
 
     def _visit(self, node: torch.fx.Node, position: int) -> None:
         if node.op == "placeholder":
-            self.state[node] = (self.new(is_input=True, blocked=["it is the network's input"]), _INPUT)
+            self.state[node] = (self.new(blocked=["it is the network's input"]), _INPUT)
             return
         if node.op == "output":
             for value in self._tracked(node):
@@ -395,6 +394,9 @@ class _Spaces:
         if carried is None:
             for value in inputs:
                 self.block(value, f"{_describe(node)} mixes its channels (not channelwise)")
+            # its output is a new space no layer writes: the layers that read it
+            # (e.g. a Sampled layer after its index_select) are still found
+            self.state[node] = (self.new(blocked=[f"it comes out of {_describe(node)}"]), _INPUT)
             return
         label, layout = carried
         space = self.space(inputs[0])
