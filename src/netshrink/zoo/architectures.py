@@ -114,14 +114,21 @@ class MLP7Recipe(ReluMLPRecipe):
 class LeNet300Recipe(ReluMLPRecipe):
     """``lenet300``: LeNet-300-100 (784-300-100-10, 266,610 parameters), Robin Table 1.
 
-    Trained on Fashion-MNIST standing in for MNIST (not reachable here): AdamW (lr 1e-3,
-    weight decay 0.05), cosine schedule, batch 128, 20 epochs, seed 0. Reaches 89.9%
-    test accuracy in about 1 minute on 2 CPU cores.
+    Trained on Fashion-MNIST standing in for MNIST (not reachable here) the way Caffe
+    trains the seed's model: SGD with momentum 0.9 (Nesterov), weight decay 5e-4, batch
+    64, here lr 0.05 with a cosine schedule over 30 epochs, seed 0. Reaches about 90.0%
+    test accuracy in about 1.5 minutes on 2 CPU cores. (An AdamW recipe, lr 1e-3, weight
+    decay 0.05, 20 epochs, reached 89.8% and a far less redundant network: group lasso
+    kept 63% of its parameters within 0.3 pt.)
     """
 
     widths: tuple[int, ...] = (300, 100)
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
 
 
 class LeNet5(nn.Module):
