@@ -292,14 +292,17 @@ def test_keep_search_completes_a_support_that_explains_almost_everything():
 
 
 def test_output_reduction_spans_the_targets_in_every_trial():
-    # the reduction's rank comes from LAPACK; a wrong rank would silently drop outputs
+    # the reduction's rank comes from a stopped pivoted QR; a wrong rank would silently
+    # drop outputs. Half the trials have singular values graded from 1 down to 1e-8.
     from netshrink.linalg.group_lasso import _output_basis
 
     rng = np.random.default_rng(5)
     for trial in range(100):
         d, out = int(rng.integers(20, 60)), int(rng.integers(16, 40))
         rank = int(rng.integers(1, min(d, out)))
-        cross = torch.from_numpy(rng.standard_normal((d, rank)) @ rng.standard_normal((rank, out)))
+        left = np.linalg.qr(rng.standard_normal((d, rank)))[0]
+        graded = np.logspace(0, -8, rank) if trial % 2 else rng.uniform(0.5, 2, rank)
+        cross = torch.from_numpy((left * graded) @ np.linalg.qr(rng.standard_normal((out, rank)))[0].T)
         basis = _output_basis(cross)
         if basis is None:  # not worth it: only when the rank is close to out
             assert rank > 0.8 * out - 1, f"trial {trial}"

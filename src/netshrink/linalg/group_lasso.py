@@ -82,10 +82,10 @@ only sees ``M'``, and ``M⊥`` only adds ``½tr(M⊥·gram·M⊥ᵀ) ≥ 0`` and
 has solution ``M'`` with ``M = Q·M'``. The reduction is applied
 
 * to the whole problem when ``r < out``: ``out > d`` (thin QR of ``crossᵀ``), or
-  ``out ≥ 16`` and a rank-deficient ``cross`` (numerical rank from LAPACK's pivoted QR,
-  ``gelsy``, cutoff ``max(d, out)·ε_mach`` relative) when it shrinks ``out`` to at most
-  80% — then ``Q`` spans the first ``r`` pivoted columns of ``crossᵀ``
-  (:func:`~netshrink.linalg.cpqr`);
+  ``out ≥ 16`` and a rank-deficient ``cross`` when it shrinks ``out`` to at most 80%: one
+  column-pivoted QR of ``crossᵀ`` (:func:`~netshrink.linalg.cpqr`), stopped at the first
+  pivot ``≤ max(d, out)·ε_mach·|r₁₁|`` (the numerical rank ``r``) or after ``0.8·out``
+  steps; ``Q`` spans its first ``r`` pivoted columns;
 * to every working-set subproblem with fewer columns than outputs — the common case: a
   layer with 1024 outputs whose solution uses 450 inputs iterates on a 450 × 450 problem.
 
@@ -102,7 +102,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
@@ -770,17 +769,14 @@ def _output_basis(cross: torch.Tensor) -> torch.Tensor | None:
         return basis
     if out < _REDUCE_MIN_OUT:
         return None
-    # numerical rank from LAPACK's pivoted QR (gelsy through scipy, cutoff max(d, out)·ε_mach
-    # relative; torch 2.13's CPU gelsy reads an uninitialised pivot array, see
-    # lstsq_from_gram); about the cost of one FISTA iteration, and no eigensolver
-    host = cross.cpu().numpy()
-    cutoff = max(d, out) * np.finfo(np.float64).eps
-    rank = int(scipy.linalg.lstsq(host, np.zeros((d, 1)), cond=cutoff, lapack_driver="gelsy",
-                                  check_finite=False)[2])
-    if rank == 0 or rank > _REDUCE_FACTOR * out:
+    # numerical rank from one column-pivoted QR of crossᵀ, stopped at the first pivot
+    # ≤ max(d, out)·ε_mach·|r₁₁| or once the reduction would no longer pay; its first
+    # ``rank`` reflectors span the range of crossᵀ to round-off
+    limit = int(_REDUCE_FACTOR * out)
+    factors = cpqr(cross.T, k=limit + 1, tol=max(d, out) * torch.finfo(torch.float64).eps)
+    if factors.rank == 0 or factors.rank > limit:
         return None
-    # the first ``rank`` pivoted columns of crossᵀ span its range to round-off
-    return cpqr(cross.T, k=rank).Q.to(torch.float64)
+    return factors.Q.to(torch.float64)
 
 
 def _normalised_groups(groups):
