@@ -167,8 +167,12 @@ def test_numbers_are_consistent(quick_run):
         for comparison in item["comparison"].values():
             for row in comparison["compared"]:
                 assert row["margin_pt"] == pytest.approx(row["group_lasso_accuracy_pct"] - row["baseline_accuracy_pct"])
+                assert row["paired_se_pt"] >= 0
             if comparison["how"] == "interpolated":
                 assert comparison["above"] == all(r["margin_pt"] > 0 for r in comparison["compared"])
+                assert comparison["not_above"] == sum(r["margin_pt"] <= 0 for r in comparison["compared"])
+                assert comparison["below_by_2se"] == sum(r["margin_pt"] < -2 * r["paired_se_pt"]
+                                                         for r in comparison["compared"])
         assert item["above_every_baseline"] == all(c["above"] for c in item["comparison"].values())
     top_down = next(c for c in fig6["curves"] if c["label"] == "top-down")
     lenet5 = acceptance["networks"]["lenet5"]["curves"]["group lasso + debias"]["points"]
@@ -177,6 +181,23 @@ def test_numbers_are_consistent(quick_run):
     assert acceptance["passed"] == all(v["size_target_met"] and v["above_every_baseline"]
                                        for v in acceptance["networks"].values())
     assert ("**PASS**" if acceptance["passed"] else "**FAIL**") in summary
+
+
+def test_paired_standard_error_matches_the_discordant_pair_formula():
+    import torch
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(50, 3000))
+        first = torch.from_numpy(rng.random(n) < rng.uniform(0.5, 0.95))
+        second = torch.from_numpy(np.where(rng.random(n) < rng.uniform(0, 0.3), ~first.numpy(), first.numpy()))
+        # only disagreements count: b images right only for the first, c only for the second
+        b = int((first & ~second).sum())
+        c = int((~first & second).sum())
+        variance = ((b + c) / n - ((b - c) / n) ** 2) * n / (n - 1)
+        assert robin._paired_se_pt(first, second) == pytest.approx(100 * math.sqrt(variance / n), rel=1e-12)
+    same = torch.from_numpy(rng.random(100) < 0.9)
+    assert robin._paired_se_pt(same, same) == 0
 
 
 def test_existing_folder_is_refused_before_any_work(quick_run, monkeypatch):

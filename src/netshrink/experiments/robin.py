@@ -384,13 +384,24 @@ def _setup(settings: Settings, quick: bool, progress: bool, log) -> _Context:
 
 def _scores(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (fractions) on ``images``."""
+    correct, top5 = _correct(model, images, labels)
+    return float(correct.double().mean()), top5
+
+
+def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(N,)`` bool: top-1 prediction right, per image; and the top-5 accuracy."""
     from netshrink.evaluate import predict_logits
 
     logits = predict_logits(model, images)
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    top1 = float((top[:, 0] == labels).double().mean())
-    top5 = float((top == labels[:, None]).any(dim=1).double().mean())
-    return top1, top5
+    return top[:, 0] == labels, float((top == labels[:, None]).any(dim=1).double().mean())
+
+
+def _paired_se_pt(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Standard error (pt) of the accuracy difference of two models on the same images:
+    ``std(c₁ − c₂)/√N`` over the per-image correctness ``c`` (only disagreements count)."""
+    difference = first.double() - second.double()
+    return 100 * float(difference.std(unbiased=True)) / math.sqrt(difference.numel())
 
 
 def _mib(params: int) -> float:
@@ -409,6 +420,8 @@ class _Runner:
         self.context = context
         self.log = log
         self.points: dict[tuple, dict] = {}
+        #: per point, which test images its model classifies right (for paired errors)
+        self.correct: dict[tuple, torch.Tensor] = {}
         self.models: dict[tuple, torch.nn.Module] = {}
         self.bisections: dict[str, list[float]] = {}
         #: compressions the library could not do: recorded, reported, and left out of the curves
@@ -445,7 +458,8 @@ class _Runner:
             return None
         compress_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        top1, top5 = _scores(result.model, self.context.test_images, self.context.test_labels)
+        correct, top5 = _correct(result.model, self.context.test_images, self.context.test_labels)
+        top1 = float(correct.double().mean())
         evaluate_seconds = time.perf_counter() - start
         self.compressions += 1
         self.evaluations += 1
@@ -476,6 +490,7 @@ class _Runner:
             "found_by": found_by,
         }
         self.points[key] = point
+        self.correct[key] = correct
         if keep_model:
             self.models[key] = result.model
         self.log(f"{network} {spec.label} ({CHAINING_LABELS[chaining]}"
@@ -486,9 +501,11 @@ class _Runner:
         return point
 
     def model(self, point: dict) -> torch.nn.Module:
-        key = (point["network"], point["curve"], point["chaining"],
-               tuple(point["layers"]) if point["layers"] else None, point[point["budget"]])
-        return self.models[key]
+        return self.models[_key(point)]
+
+    def correctness(self, point: dict) -> torch.Tensor:
+        """``(N,)`` bool: the test images the point's model classifies right."""
+        return self.correct[_key(point)]
 
     def curve(self, network: str, spec: _Spec, chaining: str = "top_down",
               layers: tuple[str, ...] | None = None) -> list[dict]:
@@ -496,6 +513,11 @@ class _Runner:
         rows = [p for (n, s, c, l, _), p in self.points.items()
                 if n == network and s == spec.key and c == chaining and l == layers]
         return sorted(rows, key=lambda p: (p["ratio"], -p[spec.budget]))
+
+
+def _key(point: dict) -> tuple:
+    return (point["network"], point["curve"], point["chaining"],
+            tuple(point["layers"]) if point["layers"] else None, point[point["budget"]])
 
 
 def _keeps(settings: Settings, spec: _Spec) -> list[float]:
@@ -867,8 +889,13 @@ def _table1(folder: Path, settings: Settings, context: _Context, runner: _Runner
 # --------------------------------------------------------------------------------------
 
 
-def _compare(gl: list[dict], baseline: list[dict]) -> dict:
-    """Group lasso vs one baseline at the group-lasso sizes (baseline interpolated in log-size)."""
+def _compare(gl: list[dict], baseline: list[dict], correctness) -> dict:
+    """Group lasso vs one baseline at the group-lasso sizes (baseline interpolated in log-size).
+
+    Each margin comes with the paired standard error of the accuracy difference between
+    the group-lasso model and the baseline's grid point nearest in log-size
+    (``correctness(point)``: its per-image correctness), the measurement noise of the
+    10,000 test images."""
     by_size: dict[float, list[float]] = {}
     for p in baseline:
         by_size.setdefault(math.log(p["ratio"]), []).append(100 * p["accuracy"])
@@ -881,8 +908,10 @@ def _compare(gl: list[dict], baseline: list[dict]) -> dict:
             outside.append(p["ratio"])
             continue
         other = float(np.interp(x, xs, ys))
+        nearest = min(baseline, key=lambda b: abs(math.log(b["ratio"]) - x))
         compared.append({"ratio": p["ratio"], "lam": p["lam"], "group_lasso_accuracy_pct": 100 * p["accuracy"],
-                         "baseline_accuracy_pct": other, "margin_pt": 100 * p["accuracy"] - other})
+                         "baseline_accuracy_pct": other, "margin_pt": 100 * p["accuracy"] - other,
+                         "paired_se_pt": _paired_se_pt(correctness(p), correctness(nearest))})
     margins = [c["margin_pt"] for c in compared]
     # No group-lasso size inside the baseline's range: compare by dominance instead — each
     # baseline point against the group-lasso points that are no larger.
@@ -912,6 +941,9 @@ def _compare(gl: list[dict], baseline: list[dict]) -> dict:
         "min_margin_pt": min(margins) if margins else None,
         "median_margin_pt": float(np.median(margins)) if margins else None,
         "max_margin_pt": max(margins) if margins else None,
+        # margins ≤ 0 and how many of them are more than two standard errors below 0
+        "not_above": sum(m <= 0 for m in margins),
+        "below_by_2se": sum(c["margin_pt"] < -2 * c["paired_se_pt"] for c in compared),
         "above": above,
     }
 
@@ -928,7 +960,7 @@ def _acceptance(folder: Path, settings: Settings, context: _Context, runner: _Ru
         curves = {GROUP_LASSO.label: gl, **{spec.label: runner.curve(network, spec) for spec in BASELINES}}
         smallest = {label: _smallest_within(points, drop) for label, points in curves.items()}
         best = smallest[GROUP_LASSO.label]
-        comparisons = {spec.label: _compare(gl, curves[spec.label]) for spec in BASELINES}
+        comparisons = {spec.label: _compare(gl, curves[spec.label], runner.correctness) for spec in BASELINES}
         networks[network] = {
             "model_trained": net.trained,
             "params": net.params,
@@ -955,7 +987,9 @@ def _acceptance(folder: Path, settings: Settings, context: _Context, runner: _Ru
         "accuracy drop has at most target_fraction of the parameters. comparison: at each "
         "group-lasso size inside the baseline's size range, the baseline's accuracy interpolated "
         "linearly in log(size) between its grid points; margin = group lasso − baseline (pt); "
-        "above: every margin > 0 (how = 'interpolated'). Nothing is extrapolated: when no "
+        "above: every margin > 0 (how = 'interpolated'); paired_se_pt: the standard error of the "
+        "accuracy difference between the group-lasso model and the nearest baseline grid point on "
+        "the same test images (not_above: margins ≤ 0; below_by_2se: margins < −2 SE). Nothing is extrapolated: when no "
         "group-lasso size lies inside the baseline's range (how = 'dominance'), every baseline "
         "point is compared with the most accurate group-lasso point that is no larger, and above "
         "means every such margin > 0.",
@@ -1192,10 +1226,16 @@ def _acceptance_text(acceptance: dict) -> list[str]:
                 parts.append(f"{label}: not comparable (no group-lasso model as small as its points)")
                 continue
             count = len(comp["compared"])
+            noise = ""
+            if comp["not_above"]:
+                worst = min(comp["compared"], key=lambda c: c["margin_pt"])
+                noise = (f"; {comp['not_above']} margin{'s' if comp['not_above'] != 1 else ''} ≤ 0, "
+                         f"{comp['below_by_2se']} more than 2 paired standard errors below 0 (lowest "
+                         f"{worst['margin_pt']:+.2f} pt, SE {worst['paired_se_pt']:.2f} pt)")
             parts.append(f"{label}: {'above' if comp['above'] else 'NOT above'} at "
                          f"{count} size{'s' if count != 1 else ''} in {_range(comp['baseline_range'])}, margin "
                          f"{comp['min_margin_pt']:+.2f} to {comp['max_margin_pt']:+.2f} pt (median "
-                         f"{comp['median_margin_pt']:+.2f})")
+                         f"{comp['median_margin_pt']:+.2f}{noise})")
         head += ("Above every baseline at equal size: **"
                  + ("yes" if item["above_every_baseline"] else "no") + "** — " + "; ".join(parts) + ".")
         lines.append(head)
