@@ -87,6 +87,12 @@ def test_group_lasso_from_the_command_line(trained_mlp7, capsys, tmp_path):
     assert report["options"]["chaining"] == "parallel"
     assert report["params_after"] < 0.2 * report["params_before"]
     assert all(0 <= layer["error"] < 1 for layer in report["layers"])
+    status, out, _ = run(capsys, "compress", "mlp7", "--method", "group_lasso", "--lam", "0.02",
+                         "--weighting", "uniform", "--calibration-size", "1000", "--json")
+    uniform = json.loads(out)
+    assert status == 0 and uniform["options"]["weighting"] == "uniform"
+    assert [layer["details"]["lam"] for layer in uniform["layers"]] == [0.02] * len(uniform["layers"])
+    assert len({layer["details"]["lam"] for layer in report["layers"]}) > 1
 
 
 def test_multitask_lasso_on_one_layer_from_the_command_line(trained_mlp7, capsys):
@@ -96,7 +102,7 @@ def test_multitask_lasso_on_one_layer_from_the_command_line(trained_mlp7, capsys
     report = json.loads(out)
     (layer,) = report["layers"]
     assert layer["name"] == "hidden.0:in" and layer["sampled"] and layer["total"] == 784
-    assert 0 < layer["kept"] < 784 and layer["solver"]["solver"] == "fista"
+    assert 0 < layer["kept"] < 784 and layer["details"]["solver"] == "fista"
     assert report["params_before"] - report["params_after"] == 2048 * (784 - layer["kept"])
     status, out, _ = run(capsys, "compress", "mlp7", "--method", "multitask_lasso", "--layer", "last",
                          "--lam", "0.05", "--solver", "prox_adam", "--mu", "0.07", "--max-seconds", "1",

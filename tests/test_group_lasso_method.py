@@ -8,8 +8,9 @@ import torch
 
 import netshrink
 from netshrink.errors import InvalidInputError
+from netshrink.graph import find_cuts
 
-from models import Chain, ConvNet
+from models import Chain, ConvNet, Residual, TinyResNet
 
 
 def _chain(seed=0):
@@ -86,6 +87,7 @@ def test_size_budget_finds_the_largest_model_below_it():
     ({"lam": 0.1, "keep": 0.5}, "exactly one of lam"),
     ({}, "exactly one of lam"),
     ({"lam": 0.1, "solver": "admm"}, "unknown solver"),
+    ({"lam": 0.1, "weighting": "size"}, "unknown weighting .size.; use one of parameters, uniform"),
     ({"lam": 0.1, "gap_tol": 0}, "gap_tol"),
     ({"lam": 0.1, "debias": "yes"}, "debias must be"),
     ({"size": 1.5}, "size must be"),
@@ -135,3 +137,57 @@ def test_a_consumer_without_bias_is_fitted_without_intercept():
     solution = torch.linalg.lstsq(z[:, kept], model.layers[1](z)).solution
     assert result.model.layers[1].bias is None
     torch.testing.assert_close(result.model.layers[1].weight, solution.T, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("make_model, shape, coupling", [
+    (lambda: Chain([8, 40, 30, 4]), (8,), "joint"),
+    (ConvNet, (2, 16, 16), "joint"),  # conv + BatchNorm + pool, and conv → flatten → Linear
+    (Residual, (8,), "joint"),  # a stream written and read by two layers each
+    (Residual, (8,), "sampler"),  # its readers through samplers: consumer columns only
+    (TinyResNet, (1, 8, 8), "joint"),  # joint residual streams through BatchNorm
+])
+def test_parameters_per_unit_is_what_removing_one_unit_removes(make_model, shape, coupling):
+    torch.manual_seed(0)
+    model = make_model().eval()
+    x = torch.randn(64, *shape)
+    cuts, _ = find_cuts(model, coupling)
+    for cut in cuts:
+        one_less = (cut.width - 1) / cut.width
+        result = netshrink.compress(model, x, "magnitude", keep=one_less, layers=[cut.name], coupling=coupling)
+        assert result.layers[0].kept == cut.width - 1
+        assert result.params_before - result.params_after == cut.parameters_per_unit(model), cut.name
+
+
+def test_parameter_weighting_prices_each_cut_by_its_unit_cost():
+    model, x = _chain(4)  # cuts of 40 and 30 units: 8+1+30 and 40+1+4 parameters per unit
+    lam = 0.02
+    weighted = netshrink.compress(model, x, "group_lasso", lam=lam)
+    fractions = [layer.details["lam"] for layer in weighted.layers]
+    costs = [39.0, 45.0]
+    mean = math.sqrt(costs[0] * costs[1])
+    assert fractions == pytest.approx([lam * c / mean for c in costs], rel=1e-12)
+    uniform = netshrink.compress(model, x, "group_lasso", lam=lam, weighting="uniform")
+    assert [layer.details["lam"] for layer in uniform.layers] == [lam, lam]
+    # one cut: the seed's problem, whatever the weighting
+    alone = netshrink.compress(model, x, "group_lasso", lam=lam, layers=["layers.0"])
+    assert alone.layers[0].details["lam"] == lam
+    same = netshrink.compress(model, x, "group_lasso", lam=lam, layers=["layers.0"], weighting="uniform")
+    assert alone.layers[0].kept_indices == same.layers[0].kept_indices
+    # the fraction never passes 1 (λ_max): the dearer cut keeps its single best unit
+    top = netshrink.compress(model, x, "group_lasso", lam=1.0)
+    assert [layer.details["lam"] for layer in top.layers] == pytest.approx([39 / mean, 1.0])
+    assert top.layers[1].kept == 1
+
+
+def test_parameter_weighting_moves_units_from_dear_cuts_to_cheap_ones():
+    # a conv channel that feeds a flatten costs far more than a neuron after it
+    torch.manual_seed(5)
+    model = ConvNet().double().eval()
+    x = torch.randn(300, 2, 16, 16, dtype=torch.float64)
+    weighted = netshrink.compress(model, x, "group_lasso", lam=0.05)
+    uniform = netshrink.compress(model, x, "group_lasso", lam=0.05, weighting="uniform")
+    costs = {cut.name: cut.parameters_per_unit(model) for cut in find_cuts(model)[0]}
+    dearest, cheapest = max(costs, key=costs.get), min(costs, key=costs.get)
+    kept = {r.name: (r.kept, u.kept) for r, u in zip(weighted.layers, uniform.layers)}
+    assert kept[dearest][0] <= kept[dearest][1]
+    assert kept[cheapest][0] >= kept[cheapest][1]

@@ -174,6 +174,10 @@ def test_numbers_are_consistent(quick_run):
                 assert comparison["below_by_2se"] == sum(r["margin_pt"] < -2 * r["paired_se_pt"]
                                                          for r in comparison["compared"])
         assert item["above_every_baseline"] == all(c["above"] for c in item["comparison"].values())
+        # the seed's uniform λ is drawn for reference, on the same grid, outside the check
+        uniform = item["curves"]["group lasso + debias, uniform λ"]
+        assert sorted(p["lam"] for p in uniform["points"]) == sorted(acceptance["lam_grid"])
+        assert "group lasso + debias, uniform λ" not in item["comparison"]
     top_down = next(c for c in fig6["curves"] if c["label"] == "top-down")
     lenet5 = acceptance["networks"]["lenet5"]["curves"]["group lasso + debias"]["points"]
     for point in top_down["points"]:

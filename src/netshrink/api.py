@@ -144,7 +144,10 @@ def compress(
             - ``"group_lasso"`` (ℓ2,1 reconstruction, Robin): ``lam`` (fraction of each
               cut's λ_max in [0, 1]; 0 is lossless on the calibration data) or ``keep``;
               ``debias`` (least-squares refit, default True), ``solver`` (``"fista"`` or
-              ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-4);
+              ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-4),
+              ``weighting`` (``"parameters"``, the default: each cut's fraction is scaled
+              by the parameters its units cost relative to the other cuts; ``"uniform"``:
+              the same fraction everywhere; see :mod:`netshrink.methods.group_lasso`);
               or ``size``: the fraction of the model's parameters to keep, reached by a
               bisection on ``lam`` (one whole compression per step).
             - ``"multitask_lasso"`` (Shenouda et al., one Linear layer's inputs): ``lam``
@@ -191,6 +194,7 @@ def compress(
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
         strategy = make_method(method, **method_options)
+        strategy.prepare(model, cuts)
         return shrunk, run_schedule(shrunk, cuts, batches, strategy, chaining=chaining, progress=progress)
 
     if size is None:

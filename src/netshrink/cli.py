@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="group_lasso: skip the least-squares refit on the kept units")
     compress.add_argument("--solver", choices=["fista", "altmin", "prox_adam"],
                           help="group_lasso: fista|altmin; multitask_lasso: fista|prox_adam (default: fista)")
+    compress.add_argument("--weighting", choices=["parameters", "uniform"],
+                          help="group_lasso with --lam: scale each layer's fraction by the parameters "
+                          "its units cost (parameters, the default) or not (uniform)")
     compress.add_argument("--layer", help="compress only the inputs of this nn.Linear: first, pen, last "
                           "(among the Linear layers in execution order) or a module path")
     compress.add_argument("--mu", type=float, help="multitask_lasso with --solver prox_adam: Adam learning rate")
@@ -108,7 +111,7 @@ def _compress(args) -> int:
     start = time.perf_counter()
     options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "debias": args.debias,
                "solver": args.solver, "refit": args.refit, "mu": args.mu, "max_seconds": args.max_seconds,
-               "warm_start": args.warm_start}
+               "warm_start": args.warm_start, "weighting": args.weighting}
     result = compress(model, calibration, method=args.method, chaining=args.chaining,
                       coupling=args.coupling, layer=args.layer, progress=progress, **options)
     seconds = time.perf_counter() - start
@@ -130,7 +133,7 @@ def _compress(args) -> int:
             "seconds": seconds,
             "layers": [
                 {"name": l.name, "kept": l.kept, "total": l.total, "error": l.error, "sampled": l.sampled,
-                 **({"solver": l.details} if l.details else {})}
+                 **({"details": l.details} if l.details else {})}
                 for l in result.layers
             ],
         }))

@@ -113,6 +113,23 @@ class Cut:
         """True when several layers write or read the units (a coupled group)."""
         return len(self.producers) > 1 or len(self.consumers) > 1
 
+    def parameters_per_unit(self, model: nn.Module) -> float:
+        """Parameters of ``model`` that removing one unit of this cut removes.
+
+        Its share of every producer's and companion's parameters (a weight row or output
+        filter with its bias, a BatchNorm's affine entries) plus its columns in every
+        consumer's weight (``out·s``: ``s`` = 1, ``h·w`` after a flatten, ``kh·kw`` for a
+        convolution), less the ``s`` entries counted twice in a layer that both writes
+        and reads the units (a residual stream's own block). A sampled cut saves the
+        consumer columns only.
+        """
+        owned = (*self.producers, *self.companions)
+        rows = sum(p.numel() for path in owned for p in model.get_submodule(path).parameters())
+        columns = sum(model.get_submodule(path).weight.numel() for path in self.consumers)
+        both = sum(model.get_submodule(path).weight.numel() / self.width for path in self.producers
+                   if path in self.consumers)
+        return (rows + columns - both) / self.width
+
 
 @dataclass(frozen=True)
 class Skipped:

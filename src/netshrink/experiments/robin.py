@@ -25,7 +25,9 @@ is a harder task than MNIST (about 10% instead of 1% top-1 error), so absolute e
 not comparable with the seed's; compression rates and accuracy drops are.
 
 Method. "Compressed" is ``netshrink.compress(method="group_lasso", lam=λ, debias=True,
-chaining="top_down")`` with λ a fraction of each layer's λ_max, on calibration images drawn
+chaining="top_down")`` with λ = lam·(c/c̄)·λ_max at each layer (``c`` the parameters a unit
+of that layer costs, ``c̄`` their geometric mean: netshrink's default weighting; the
+seed's uniform λ is shown beside it in the acceptance check), on calibration images drawn
 from the training split; the operating point is the smallest model on a log λ grid (refined
 by bisection on log λ) whose test accuracy is within the target drop. Like the seed's, it is
 selected on the test set. "Retrained (1)" is a more aggressive point of the same sweep
@@ -116,7 +118,7 @@ CHAININGS = ("parallel", "top_down", "bottom_up")
 #: One colour per curve in every figure (group lasso + debias is the top-down curve).
 COLORS = {"parallel": "C1", "top-down": "C0", "bottom-up": "C2", "group lasso + debias": "C0",
           "magnitude pruning": "C3", "magnitude pruning + refit": "C4", "random + refit": "C5",
-          "low-rank": "C6"}
+          "low-rank": "C6", "group lasso + debias, uniform λ": "C8"}
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,10 @@ class _Spec:
 
 
 GROUP_LASSO = _Spec("group_lasso", "group lasso + debias", "group_lasso", "lam", (("debias", True),))
+#: the seed's literal setting, shown beside it in the acceptance check: every cut at the
+#: same fraction of its λ_max (netshrink's default prices units by their parameters)
+UNIFORM = _Spec("group_lasso_uniform", "group lasso + debias, uniform λ", "group_lasso", "lam",
+                (("debias", True), ("weighting", "uniform")))
 NOT_DEBIASED = _Spec("group_lasso_biased", "group lasso, not debiased", "group_lasso", "lam",
                      (("debias", False),))
 BASELINES = (
@@ -160,7 +166,7 @@ class Settings:
     table_networks: tuple[str, ...]
     acceptance_networks: tuple[str, ...]
     train_missing: bool               # train zoo models that are not cached (else: fresh, untrained)
-    # whole-network λ grid (Table 1, Figure 6, acceptance), fractions of each cut's λ_max
+    # whole-network λ grid (Table 1, Figure 6, acceptance), lam (λ = lam·(c/c̄)·λ_max at each cut)
     lam_grid: tuple[float, ...]
     # Figure 5's λ grid (one layer)
     fig5_lam_grid: tuple[float, ...]
@@ -541,6 +547,9 @@ def _sweeps(settings: Settings, context: _Context, runner: _Runner) -> None:
             for spec in BASELINES:
                 for keep in _keeps(settings, spec):
                     runner.point(network, spec, keep)
+        if network in settings.acceptance_networks:
+            for lam in sorted(settings.lam_grid):
+                runner.point(network, UNIFORM, lam)
 
 
 # --------------------------------------------------------------------------------------
@@ -566,7 +575,8 @@ def _figure6(folder: Path, settings: Settings, context: _Context, runner: _Runne
         "what": f"{FIGURE_NETWORK}, every cut compressed: test accuracy vs whole-network "
         "compression rate (parameters after / before). Chaining curves: "
         "netshrink.compress(method='group_lasso', lam=λ, debias=True, chaining=...) over the λ "
-        "grid (λ as a fraction of each layer's λ_max); baselines over the keep grid (fraction "
+        "grid (lam; λ = lam·(c/c̄)·λ_max at each cut, c the parameters a unit costs); baselines over "
+        "the keep grid (fraction "
         "of units kept per cut; low-rank: fraction of each consumer's rank, removes no unit).",
         "network": FIGURE_NETWORK,
         "params": net.params,
@@ -957,7 +967,8 @@ def _acceptance(folder: Path, settings: Settings, context: _Context, runner: _Ru
         drop = TARGET_DROP_PT[network]
         target = TARGET_FRACTION[network]
         gl = runner.curve(network, GROUP_LASSO)
-        curves = {GROUP_LASSO.label: gl, **{spec.label: runner.curve(network, spec) for spec in BASELINES}}
+        curves = {GROUP_LASSO.label: gl, **{spec.label: runner.curve(network, spec) for spec in BASELINES},
+                  UNIFORM.label: runner.curve(network, UNIFORM)}
         smallest = {label: _smallest_within(points, drop) for label, points in curves.items()}
         best = smallest[GROUP_LASSO.label]
         comparisons = {spec.label: _compare(gl, curves[spec.label], runner.correctness) for spec in BASELINES}
@@ -1110,13 +1121,13 @@ def _table_text(table: dict) -> list[str]:
         c, r = row["compressed"], row["retrained"]
         base_error = row["baseline"]["top1_error_pct"]
         text = (f"- **{network}** (stands in for {row['stands_in_for']}; target ≤ {row['target_drop_pt']:g} pt): "
-                f"compressed at λ = {c['lam']:.3g} λ_max to {_rate(c['compression_rate'])} of the "
+                f"compressed at lam = {c['lam']:.3g} to {_rate(c['compression_rate'])} of the "
                 f"parameters (units kept {_kept(c)}), top-1 error {base_error:.2f}% → "
                 f"{c['top1_error_pct']:.2f}% ({c['drop_pt']:+.2f} pt)"
                 + ("" if c["within_target"] else " — no λ on the grid stayed within the target; the largest "
                    "model is shown"))
         if r is not None:
-            text += (f"; retrained: λ = {r['lam']:.3g} λ_max, {_rate(r['compression_rate'])} of the parameters "
+            text += (f"; retrained: lam = {r['lam']:.3g}, {_rate(r['compression_rate'])} of the parameters "
                      f"({_kept(r)}), error {r['error_before_retraining_pct']:.2f}% before and "
                      f"{r['top1_error_pct']:.2f}% after one epoch ({r['drop_pt']:+.2f} pt vs the baseline, "
                      f"{r['finetune_seconds']:.0f} s)"
@@ -1206,13 +1217,17 @@ def _acceptance_text(acceptance: dict) -> list[str]:
         if best is None:
             head += "no group-lasso point within the drop; size target **missed**. "
         else:
-            head += (f"group lasso + debias keeps {_rate(best['ratio'])} (λ = {best['lam']:.3g} λ_max, "
+            head += (f"group lasso + debias keeps {_rate(best['ratio'])} (lam = {best['lam']:.3g}, "
                      f"{best['drop_pt']:+.2f} pt): size target **{'met' if item['size_target_met'] else 'missed'}**. ")
         others = []
         for label, p in item["smallest_within_drop"].items():
-            if label != GROUP_LASSO.label:
+            if label not in (GROUP_LASSO.label, UNIFORM.label):
                 others.append(f"{label} {_rate(p['ratio']) if p else 'none on the grid'}")
         head += "Baselines within the drop: " + "; ".join(others) + ". "
+        uniform = item["smallest_within_drop"][UNIFORM.label]
+        head += ("With the seed's uniform λ (every cut at lam·λ_max), group lasso + debias keeps "
+                 + (f"{_rate(uniform['ratio'])} ({uniform['drop_pt']:+.2f} pt). " if uniform
+                    else "no model within the drop on the grid. "))
         parts = []
         for label, comp in item["comparison"].items():
             if comp["how"] == "dominance":
@@ -1268,7 +1283,10 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
         "",
         "**Method.** Group lasso = `compress(method='group_lasso', lam=λ, debias=True)`: per cut, the "
         "consumer's linear output is reconstructed from as few input units as possible (ℓ2,1 problem (6), "
-        "λ a fraction of the cut's λ_max), then refitted by least squares on the kept units (§2.4 "
+        "λ = lam·(c/c̄)·λ_max at each cut, c the parameters one of its units costs and c̄ their geometric "
+        "mean over the cuts — netshrink's default `weighting='parameters'`; the seed's uniform λ, "
+        "`weighting='uniform'`, is shown in the acceptance check), then refitted by least squares on the "
+        "kept units (§2.4 "
         "\"debiased\"). Baselines with the same API: magnitude pruning (largest producer rows, no refit), "
         "magnitude pruning + least-squares refit, random units + refit, and data-aware low-rank "
         "factorisation of each consumer (removes no unit; only grids with ≤ "
@@ -1292,7 +1310,7 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
               "Ours (Fashion-MNIST) beside the seed's published rows (MNIST / ImageNet). Compressed = the "
               "smallest group-lasso + debias model (top-down chaining) within the accuracy target "
               "(LeNet-300-100 ≤ 0.3 pt, LeNet-5 ≤ 0.5 pt, vgg-fmnist ≤ 0.5 pt drop), chosen on the test set "
-              f"over a λ grid ({', '.join(f'{x:.3g}' for x in settings.lam_grid)} × λ_max) refined by "
+              f"over a lam grid ({', '.join(f'{x:.3g}' for x in settings.lam_grid)}) refined by "
               f"{settings.bisection_steps} bisection steps on log λ. Retrained (1) = a more "
               f"aggressive point of the same sweep (candidates ≈ {', '.join(f'{f:g}' for f in settings.retrain_factors)}"
               " × the compressed size; the smallest one within the target after finetuning is shown), finetuned "
@@ -1304,8 +1322,8 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
     lines += [""] + _table_text(table) + [""]
     lines += ["## Figure 5: debiasing", "", "![Figure 5](fig5_debiasing.png)", "", _fig5_text(fig5), ""]
     lines += ["## Figure 6: chaining strategies and baselines", "", "![Figure 6](fig6_chaining.png)", "",
-              f"{fig6['network']} with every cut compressed, λ grid {', '.join(f'{x:g}' for x in fig6['lam_grid'])} "
-              f"λ_max for each chaining, keep grid {', '.join(f'{x:g}' for x in fig6['keep_grid'])} for the "
+              f"{fig6['network']} with every cut compressed, lam grid {', '.join(f'{x:g}' for x in fig6['lam_grid'])} "
+              f"for each chaining, keep grid {', '.join(f'{x:g}' for x in fig6['keep_grid'])} for the "
               "baselines (low-rank: ≤ "
               f"{settings.lowrank_max_keep:g}). The uncompressed accuracy is {100 * fig6['original_accuracy']:.2f}%.",
               ""]
@@ -1321,7 +1339,9 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
         "fraction of the parameters; (2) at every group-lasso size inside a baseline's size range, group "
         "lasso is more accurate than the baseline interpolated linearly in log(size) (margin > 0; nothing "
         "is extrapolated; when no group-lasso size lies inside a baseline's range, each baseline point is "
-        "compared with the most accurate group-lasso model that is no larger).",
+        "compared with the most accurate group-lasso model that is no larger). Each margin's noise is "
+        "given as the paired standard error of the accuracy difference on the same test images. The "
+        "seed's uniform λ curve is drawn for reference and is not part of the check.",
         "",
     ]
     lines += _acceptance_text(acceptance)

@@ -4,6 +4,8 @@ A method is built with its options (``tol``, ``keep``, ...). For each cut it nam
 statistic it needs from the calibration data (``statistic``) and, from that statistic
 and the consumer layer alone, decides which neurons to keep and the consumer's new
 input weights (``decide``). Methods never touch modules: rewriting is done elsewhere.
+They subclass :class:`Method`, whose ``prepare`` (one look at every cut before any
+work) does nothing unless overridden.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class Method(Protocol):
     #: True when the method needs the original model's inputs beside the current ones
     #: (targets ``y = W z`` of top-down chaining, Robin §2.7).
     needs_reference: bool
+
+    def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
+        """Called once with the original model and every cut to be compressed, before
+        any is observed (e.g. to price the cuts against each other); most methods need
+        nothing here."""
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> object:
         """A fresh accumulator with ``update(index, current, original)`` for this cut."""

@@ -29,7 +29,7 @@ from ..errors import InvalidInputError
 from ..graph import Cut
 from ..layers import columns_of, out_units
 from ..observe import GramStatistic
-from .base import Decision, count_from_fraction
+from .base import Decision, Method, count_from_fraction
 from .regression import bias_shifts, refit, regressions, relative_error
 
 
@@ -40,7 +40,7 @@ def _check_keep(keep) -> float:
     return float(keep)
 
 
-class _Support:
+class _Support(Method):
     """Shared shape of the support baselines: choose units, then drop or refit."""
 
     needs_reference = True
@@ -114,7 +114,7 @@ def _column_scores(layer: nn.Module, width: int) -> torch.Tensor:
     return weight.reshape(weight.shape[0], width, -1).pow(2).sum(dim=(0, 2))
 
 
-class LowRank:
+class LowRank(Method):
     """``method="lowrank"``: data-aware truncated SVD of each consumer (keeps every unit)."""
 
     name = "lowrank"

@@ -12,6 +12,14 @@ Budget, exactly one of:
   that removes every unit), in [0, 1]. Relative λ makes one value mean the same
   across layers of different scales. ``lam=0`` keeps every unit that is not
   identically zero on the calibration data and refits: lossless on that data.
+  With ``weighting="parameters"`` (the default) the fraction at each cut is
+  ``lam·c/c̄`` (at most 1), ``c`` the parameters one of its units costs
+  (:meth:`~netshrink.graph.Cut.parameters_per_unit`) and ``c̄`` their geometric mean
+  over the cuts compressed: the ℓ2,1 penalty then prices units by the parameters they
+  hold, so one ``lam`` trades reconstruction for size at a comparable rate across the
+  network — a LeNet-5 conv channel that feeds 16 features of a 500-wide layer costs 10×
+  a neuron of that layer and is given up first. With one cut it is the seed's problem;
+  ``weighting="uniform"`` puts every cut at the same fraction of its ``λ_max``.
 - ``keep``: the fraction of units kept per cut, reached by a λ search; units that are
   identically zero on the calibration data are always removed, so a cut keeps fewer
   when it has fewer live units.
@@ -34,20 +42,21 @@ from ..graph import Cut
 from ..layers import columns_of
 from ..linalg import group_lasso, group_lasso_keep, lambda_max
 from ..observe import GramStatistic
-from .base import Decision, count_from_fraction
+from .base import Decision, Method, count_from_fraction
 from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
 
 SOLVERS = ("fista", "altmin")
+WEIGHTINGS = ("parameters", "uniform")
 
 
-class GroupLasso:
+class GroupLasso(Method):
     """``method="group_lasso"``: ℓ2,1 reconstruction, then (by default) a least-squares refit."""
 
     name = "group_lasso"
     needs_reference = True
 
     def __init__(self, lam: float | None = None, keep: float | None = None, debias: bool = True,
-                 solver: str = "fista", gap_tol: float = 1e-4):
+                 solver: str = "fista", gap_tol: float = 1e-4, weighting: str = "parameters"):
         if (lam is None) == (keep is None):
             raise InvalidInputError(
                 "give exactly one of lam (the ℓ2,1 weight as a fraction of each layer's λ_max, "
@@ -67,25 +76,43 @@ class GroupLasso:
             raise InvalidInputError(f"debias must be True or False, got {debias!r}")
         if isinstance(gap_tol, bool) or not isinstance(gap_tol, (int, float)) or not 0 < gap_tol < 1:
             raise InvalidInputError(f"gap_tol (the solver's relative duality gap) must be in (0, 1), got {gap_tol!r}")
+        if weighting not in WEIGHTINGS:
+            raise InvalidInputError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
         self.lam, self.keep, self.debias, self.solver, self.gap_tol = lam, keep, debias, solver, gap_tol
+        self.weighting = weighting
+        self.lam_scales: dict[str, float] = {}
+
+    def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
+        """Price each cut before any is rewritten: ``lam_scales[name] = c/c̄`` (module doc)."""
+        if self.weighting == "uniform" or len(cuts) < 2:
+            return
+        costs = {cut.name: cut.parameters_per_unit(model) for cut in cuts}
+        mean = math.exp(sum(math.log(c) for c in costs.values()) / len(costs))
+        self.lam_scales = {name: cost / mean for name, cost in costs.items()}
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
         return GramStatistic(consumers)
+
+    def fraction(self, cut: Cut) -> float:
+        """The ``lam`` budget at ``cut``: its λ as a fraction of the cut's ``λ_max``."""
+        return min(1.0, self.lam * self.lam_scales.get(cut.name, 1.0))
 
     def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:
         problems = regressions(cut, statistic, consumers)
         width = cut.width
         live = live_units(problems, width)
+        # the fraction of λ_max used at this cut (``lam`` budgets), for the report
+        details = {} if self.lam is None else {"lam": self.fraction(cut)}
         wanted = count_from_fraction(self.keep, width) if self.keep is not None else None
         if self.lam == 0 or (wanted is not None and wanted >= len(live)):
             # every unit that is not identically zero on the calibration data: the refit
             # is exact there (units that never fire carry nothing to reconstruct)
             kept = live if len(live) else torch.zeros(1, dtype=torch.int64)
-            return self._refitted(problems, kept.to(torch.int64), consumers)
+            return self._refitted(problems, kept.to(torch.int64), consumers, details)
         gram, cross, energy, groups = stacked(problems, width)
         if self.lam is not None:
-            lam = self.lam * lambda_max(cross, groups)
+            lam = self.fraction(cut) * lambda_max(cross, groups)
             result = group_lasso(gram, cross, lam, groups, solver=self.solver, tol=self.gap_tol, energy=energy)
         else:
             try:
@@ -97,14 +124,14 @@ class GroupLasso:
         if len(kept) == 0:  # λ = λ_max: keep the unit that matters most
             kept = torch.argmax(_unit_norms(cross, groups, width)).reshape(1)
         if self.debias:
-            return self._refitted(problems, kept, consumers)
+            return self._refitted(problems, kept, consumers, details)
         blocks = split(result.M, problems)
         weights = [block[:, columns_of(kept, p.group)] for block, p in zip(blocks, problems)]
-        return _decision(problems, kept, weights, consumers)
+        return _decision(problems, kept, weights, consumers, details)
 
-    def _refitted(self, problems, kept, consumers) -> Decision:
+    def _refitted(self, problems, kept, consumers, details) -> Decision:
         kept = kept.to(problems[0].gram.device)
-        return _decision(problems, kept, [refit(p, kept) for p in problems], consumers)
+        return _decision(problems, kept, [refit(p, kept) for p in problems], consumers, details)
 
 
 def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
@@ -115,10 +142,11 @@ def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
     return torch.zeros(width, dtype=squares.dtype).index_add_(0, groups.cpu(), squares.cpu()).sqrt()
 
 
-def _decision(problems, kept, weights, consumers) -> Decision:
+def _decision(problems, kept, weights, consumers, details) -> Decision:
     return Decision(
         kept=kept.to(torch.int64).cpu(),
         consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
         error=relative_error(problems, kept, weights),
         bias_shifts=bias_shifts(problems, kept, weights),
+        details=details,
     )

@@ -52,7 +52,7 @@ from ..graph import Cut
 from ..layers import unit_rows, weight_matrix
 from ..linalg import interpolative_decomposition, spectral_norm
 from ..observe import RFactor
-from .base import Decision, check_budget, count_from_fraction
+from .base import Decision, Method, check_budget, count_from_fraction
 
 
 class UnitRows:
@@ -67,7 +67,7 @@ class UnitRows:
         self.r_factor.update(unit_rows(current, self.consumers[index], self.width))
 
 
-class Interpolative:
+class Interpolative(Method):
     """``method="interpolative"``: keep ``k`` units chosen by pivoted QR, fold ``T``."""
 
     name = "interpolative"

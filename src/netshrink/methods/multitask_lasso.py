@@ -42,13 +42,13 @@ from ..graph import Cut
 from ..linalg import multitask_lasso_fista, prox_adam_gram
 from ..linalg.multitask_lasso import _ProxSettings
 from ..observe import GramStatistic
-from .base import Decision
+from .base import Decision, Method
 from .regression import regressions, relative_error
 
 SOLVERS = ("fista", "prox_adam")
 
 
-class MultitaskLasso:
+class MultitaskLasso(Method):
     """``method="multitask_lasso"``: the seed-002 objective, FISTA or prox-Adam."""
 
     name = "multitask_lasso"
