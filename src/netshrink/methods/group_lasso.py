@@ -17,8 +17,9 @@ Budget, exactly one of:
   (:meth:`~netshrink.graph.Cut.parameters_per_unit`) and ``c̄`` their geometric mean
   over the cuts compressed: the ℓ2,1 penalty then prices units by the parameters they
   hold, so one ``lam`` trades reconstruction for size at a comparable rate across the
-  network — a LeNet-5 conv channel that feeds 16 features of a 500-wide layer costs 10×
-  a neuron of that layer and is given up first. With one cut it is the seed's problem;
+  network — a LeNet-5 conv channel that feeds 16 features of a 500-wide layer holds 10×
+  the parameters of a neuron of that layer, and its λ is 10× larger. With one cut it is
+  the seed's problem;
   ``weighting="uniform"`` puts every cut at the same fraction of its ``λ_max``.
 - ``keep``: the fraction of units kept per cut, reached by a λ search; units that are
   identically zero on the calibration data are always removed, so a cut keeps fewer
