@@ -1,9 +1,7 @@
 import json
 
 import pytest
-import torch
 
-from netshrink import zoo
 from netshrink.cli import main
 from netshrink.data import fashion_mnist
 from netshrink.evaluate import accuracy

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
-from ..layers import columns_of, out_units
+from ..layers import columns_of
 from ..observe import GramStatistic
 from .base import Decision, Method, count_from_fraction
 from .regression import bias_shifts, refit, regressions, relative_error
