@@ -123,3 +123,93 @@ class TinyResNet(nn.Module):
         x = self.block2(self.block1(x))
         x = F.adaptive_avg_pool2d(x, 1)
         return self.fc(torch.flatten(x, 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1×1 expand → BN → ReLU6 → 3×3 depthwise → BN → ReLU6 → 1×1
+    project → BN, plus the input when shapes match; a stem and a head around it."""
+
+    def __init__(self, width=8, expand=4, classes=5):
+        super().__init__()
+        hidden = width * expand
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(width, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(hidden, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):  # x: (N, 3, H, W)
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block: 7×7 depthwise → LayerNorm (channels last) → Linear 4C → GELU →
+    Linear C → layer scale, plus the input; a patchify stem and a head around it."""
+
+    def __init__(self, width=8, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 2, stride=2)
+        self.dwconv = nn.Conv2d(width, width, 7, padding=3, groups=width)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.pwconv1 = nn.Linear(width, 4 * width)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * width, width)
+        self.gamma = nn.Parameter(torch.full((width,), 0.5))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):  # x: (N, 3, H, W)
+        x = self.stem(x)
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1×1 reduce → 3×3 → 1×1 expand (BN, ReLU), with a projection
+    shortcut; a stem and a head around it."""
+
+    def __init__(self, width=8, inner=4, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(width, inner, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, 4 * inner, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * inner)
+        self.shortcut = nn.Conv2d(width, 4 * inner, 1, stride=2, bias=False)
+        self.shortcut_bn = nn.BatchNorm2d(4 * inner)
+        self.fc = nn.Linear(4 * inner, classes)
+
+    def forward(self, x):  # x: (N, 3, H, W)
+        x = F.relu(self.stem_bn(self.stem(x)))
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out = F.relu(out + self.shortcut_bn(self.shortcut(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Conv → BN → ReLU → squeeze-and-excitation (pool → Linear → ReLU → Linear →
+    sigmoid, scaling the channels) → conv → pool → head."""
+
+    def __init__(self, width=8, squeeze=3, classes=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc1 = nn.Linear(width, squeeze)
+        self.fc2 = nn.Linear(squeeze, width)
+        self.out = nn.Conv2d(width, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x):  # x: (N, 3, H, W)
+        x = F.relu(self.bn(self.conv(x)))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        x = x * gate[:, :, None, None]
+        return self.head(F.relu(self.out(x)).mean((2, 3)))

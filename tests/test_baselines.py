@@ -86,7 +86,7 @@ def test_lowrank_factorises_convolutions():
 
 @pytest.mark.parametrize("method,options,match", [
     ("magnitude", {}, "keep must be"),
-    ("magnitude", {"keep": 0}, "keep must be"),
+    ("magnitude", {"keep": 0}, "keep=0 would leave"),
     ("random", {"keep": 1.5}, "keep must be"),
     ("lowrank", {"keep": float("nan")}, "keep must be"),
     ("magnitude", {"keep": 0.5, "refit": "yes"}, "refit must be"),

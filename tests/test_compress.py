@@ -272,9 +272,11 @@ class TestBadInput:
         with pytest.raises(InvalidInputError, match="exactly one of tol"):
             netshrink.compress(self.model, torch.randn(10, 4))
 
-    @pytest.mark.parametrize("keep", [0, -0.1, 1.5, float("nan"), True])
-    def test_keep_out_of_range(self, keep):
-        with pytest.raises(InvalidInputError, match="keep must be"):
+    @pytest.mark.parametrize("keep,match", [(0, "keep=0 would leave"), (-0.1, "keep must be"),
+                                            (1.5, "keep must be"), (float("nan"), "keep must be"),
+                                            (True, "keep must be")])
+    def test_keep_out_of_range(self, keep, match):
+        with pytest.raises(InvalidInputError, match=match):
             netshrink.compress(self.model, torch.randn(10, 4), keep=keep)
 
     @pytest.mark.parametrize("tol", [-1e-3, float("inf"), float("nan")])
@@ -316,7 +318,7 @@ class TestBadInput:
             netshrink.compress(Untraceable(), torch.randn(10, 4), keep=0.5)
 
     def test_model_without_cuts(self):
-        with pytest.raises(UnsupportedCutError, match="no place where neurons can be removed"):
+        with pytest.raises(UnsupportedCutError, match="no place where units can be removed"):
             netshrink.compress(nn.Linear(4, 2), torch.randn(10, 4), keep=0.5)
 
     def test_unknown_method(self):

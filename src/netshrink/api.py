@@ -5,29 +5,35 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import InvalidInputError, NetshrinkError
+from . import batches
+from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
-from .graph import input_cut, require_cuts, select_cuts
+from .graph import find_cuts, input_cut, require_cuts, select_cuts
 from .methods import make_method
 from .modules import build, spec
 from .observe import Calibration
 from .rewrite import set_submodule
 from .schedule import run_schedule
 
-MANIFEST_FORMAT = "netshrink-compression/2"
+MANIFEST_FORMAT = "netshrink-compression/3"
+#: Manifest formats :func:`load` reads (format 2 has no module attributes or config).
+READABLE_FORMATS = ("netshrink-compression/2", MANIFEST_FORMAT)
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One cut of a compression: ``name`` kept ``kept`` of its ``total`` units.
+    """One cut of a compression: ``name`` kept ``kept`` of its ``total`` units (``kind``:
+    neurons, channels or heads; for grouped-query attention a unit is a key/value group).
 
     ``error`` is the method's error measure (``interpolative``: the bound
     ``‖R₂₂‖₂‖W‖₂``; Gram methods: relative RMS error of the consumers' pre-activations
@@ -46,6 +52,7 @@ class LayerReport:
     sampled: bool
     kept_indices: list[int] = field(repr=False)
     details: dict = field(default_factory=dict, repr=False)
+    kind: str = "neurons"
 
 
 @dataclass
@@ -57,6 +64,12 @@ class Compression:
         layers: one :class:`LayerReport` per cut, in execution order.
         params_before, params_after: parameter counts of the original and new model.
         method, options: how it was made (recorded in saved manifests).
+        skipped: the layers whose outputs could not be cut, with the reason
+            (:class:`netshrink.graph.Skipped`).
+        attributes: per module path, the integer attributes the rewrite changed (the
+            head counts of a pruned attention).
+        config: fields of ``model.config`` set to the new widths (a Hugging Face model
+            whose every layer keeps the same FFN width or head count).
     """
 
     model: nn.Module
@@ -66,6 +79,9 @@ class Compression:
     method: str
     options: dict
     original_shapes: dict = field(default_factory=dict, repr=False)
+    skipped: list = field(default_factory=list, repr=False)
+    attributes: dict = field(default_factory=dict, repr=False)
+    config: dict = field(default_factory=dict, repr=False)
 
     @property
     def ratio(self) -> float:
@@ -74,12 +90,13 @@ class Compression:
 
     def table(self) -> str:
         """A plain-text per-layer table."""
-        rows = [f"{'layer':<28} {'kept':>6} {'total':>6} {'kept %':>7} {'error':>10}"]
+        width = max([28, *(len(layer.name) + 10 for layer in self.layers)])
+        rows = [f"{'layer':<{width}} {'kind':<8} {'kept':>6} {'total':>6} {'kept %':>7} {'error':>10}"]
         for layer in self.layers:
-            name = layer.name + (" (joint)" if len(layer.producers) + len(layer.consumers) > 2 else "") \
-                + (" (sampler)" if layer.sampled else "")
+            joint = layer.kind != "heads" and len(layer.producers) + len(layer.consumers) > 2
+            name = layer.name + (" (joint)" if joint else "") + (" (sampler)" if layer.sampled else "")
             rows.append(
-                f"{name:<28} {layer.kept:>6} {layer.total:>6} "
+                f"{name:<{width}} {layer.kind:<8} {layer.kept:>6} {layer.total:>6} "
                 f"{100 * layer.kept / layer.total:>6.1f}% {layer.error:>10.4g}"
             )
         rows.append(
@@ -108,6 +125,8 @@ class Compression:
             "layers": [asdict(layer) for layer in self.layers],
             "modules": {path: {"original": original, "new": spec(self.model.get_submodule(path))}
                         for path, original in self.original_shapes.items()},
+            "attributes": self.attributes,
+            "config": self.config,
         }
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
         with atomic_directory(path, overwrite=overwrite) as tmp:
@@ -133,9 +152,15 @@ def compress(
     """Shrink ``model`` by removing neurons and channels, reconstructing each consumer layer.
 
     Args:
-        model: a trained ``nn.Module`` traceable by ``torch.fx``; never modified.
-        calibration: inputs ``(N, ...)`` as a tensor, or a re-iterable of batches
-            (tensors or ``(inputs, labels)`` tuples), e.g. a DataLoader.
+        model: a trained ``nn.Module`` (any architecture whose forward pass
+            ``torch.export`` or ``torch.fx`` can capture: MLPs, CNNs, Hugging Face
+            transformers); never modified. A Hugging Face model keeps its class, its
+            methods and its ``config`` (updated where every layer keeps the same widths).
+        calibration: inputs ``(N, ...)`` as a tensor, a mapping of keyword inputs (a
+            tokenizer's output: the model is called as ``model(**batch)`` and padding
+            marked by its ``attention_mask`` never enters a statistic), or a re-iterable
+            of such batches (or ``(inputs, labels)`` tuples), e.g. a DataLoader. The first
+            batch is the example from which the graph is read.
         method: how units are chosen and consumers rewritten, with its ``options``:
 
             - ``"interpolative"`` (column-pivoted QR, Damle): ``tol`` (the seed's ε:
@@ -164,7 +189,8 @@ def compress(
             handled: ``"joint"`` prunes the coupled group together, ``"sampler"`` gives
             each reader a dynamic ``index_select`` sampler (Robin §2.6).
         layers: compress only these cuts, named by the layer that loses units (its
-            module path, e.g. ``["hidden.0"]``); default: every cut.
+            module path, e.g. ``["hidden.0"]``; the attention module for heads); default:
+            every cut, or with ``keep={kind: fraction}`` every cut of those kinds.
         layer: instead of ``layers``, compress the inputs of one ``nn.Linear``:
             ``"first"``, ``"pen"`` (penultimate) or ``"last"`` among the model's Linear
             layers in execution order, or a module path. Its inputs are the neurons of
@@ -182,25 +208,31 @@ def compress(
     size = options.pop("size", None)
     if size is None:
         make_method(method, **options)  # bad options fail before any work
-    batches = Calibration(calibration, batch_size=batch_size)
+    data = Calibration(calibration, batch_size=batch_size)
+    example = data.first()
+    batches.check_for(model, example)
     if layer is not None:
         if layers is not None:
             raise InvalidInputError("give layers (cuts by name) or layer (one Linear layer's inputs), not both")
-        cuts = [input_cut(model, layer, coupling)]
+        every, skipped = find_cuts(model, coupling, example)
+        cuts = [input_cut(model, layer, coupling, example)]
     else:
-        cuts, skipped = require_cuts(model, coupling)
-        cuts = select_cuts(cuts, layers, skipped)
+        every, skipped = require_cuts(model, coupling, example)
+        cuts = select_cuts(every, layers, skipped)
+        if layers is None and isinstance(options.get("keep"), Mapping):
+            cuts = _of_kinds(cuts, options["keep"])
 
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
         strategy = make_method(method, **method_options)
         strategy.prepare(model, cuts)
-        return shrunk, run_schedule(shrunk, cuts, batches, strategy, chaining=chaining, progress=progress)
+        return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress)
 
     if size is None:
         shrunk, decisions = attempt(options)
     else:
         shrunk, decisions, options = _fit_size(model, method, size, options, attempt)
+    _check_runs(shrunk, example)
     reports = [
         LayerReport(
             name=cut.name,
@@ -212,10 +244,12 @@ def compress(
             sampled=cut.sampled,
             kept_indices=[int(i) for i in decision.kept],
             details=dict(decision.details),
+            kind=cut.kind,
         )
         for cut, decision in decisions
     ]
     touched = dict.fromkeys(path for cut in cuts for path in (*cut.producers, *cut.companions, *cut.consumers))
+    attention = dict.fromkeys(cut.heads.module for cut in cuts if cut.heads is not None)
     return Compression(
         model=shrunk,
         layers=reports,
@@ -225,7 +259,93 @@ def compress(
         options={**{k: v for k, v in options.items() if v is not None},
                  "chaining": chaining, "coupling": coupling, **({"layer": layer} if layer is not None else {})},
         original_shapes={path: spec(model.get_submodule(path)) for path in touched},
+        skipped=list(skipped),
+        attributes={path: _changed_attributes(model.get_submodule(path), shrunk.get_submodule(path))
+                    for path in attention},
+        config=state_widths(shrunk, every, {cut.name: len(decision.kept) for cut, decision in decisions}),
     )
+
+
+def _of_kinds(cuts, keep: Mapping) -> list:
+    """The cuts whose kind has a budget in ``keep={kind: fraction}``."""
+    chosen = [cut for cut in cuts if cut.kind in keep]
+    if not chosen:
+        kinds = sorted({cut.kind for cut in cuts})
+        raise InvalidInputError(
+            f"keep names the cut kinds {sorted(keep)} but this model's cuts are of kinds {kinds}"
+        )
+    return chosen
+
+
+def _check_runs(shrunk: nn.Module, example) -> None:
+    """Run the compressed model once on the example: a model that no longer runs is an
+    error here, not in the user's hands."""
+    flags = [(module, module.training) for module in shrunk.modules()]
+    shrunk.eval()
+    try:
+        with torch.inference_mode():
+            batches.call(shrunk, batches.to_device(batches.head(example, 2), model_device(shrunk)))
+    except Exception as exc:  # whatever the model's own code raises
+        raise UnsupportedCutError(
+            f"the compressed {type(shrunk).__name__} does not run on the first calibration batch: "
+            f"{type(exc).__name__}: {exc}. Its code keeps a width the rewrite did not change; compress "
+            "fewer cuts (layers=[...]) and report the model"
+        ) from exc
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _changed_attributes(before: nn.Module, after: nn.Module) -> dict[str, int]:
+    """Integer attributes of a module that the rewrite changed (head counts)."""
+    old = vars(before)
+    return {name: value for name, value in vars(after).items()
+            if isinstance(value, int) and not isinstance(value, bool) and old.get(name) != value}
+
+
+#: ``config`` fields that hold a transformer's FFN width, by the names models use.
+FFN_WIDTHS = ("intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim")
+
+
+def state_widths(shrunk: nn.Module, every: list, kept: dict[str, int]) -> dict[str, int]:
+    """Set ``shrunk.config``'s widths where every layer keeps the same, and return the changes.
+
+    ``every`` is every cut of the original model and ``kept`` the units kept at the
+    compressed ones. An FFN width (:data:`FFN_WIDTHS`) is stated when one neuron cut per
+    layer has that width and they all keep the same count; head counts
+    (``num_attention_heads``, ``num_key_value_heads``) when one head cut per layer keeps
+    the same heads and the config gives ``head_dim`` itself (otherwise ``from_config``
+    would derive a different head width from the hidden size).
+    """
+    config = getattr(shrunk, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if config is None or not isinstance(layers, int):
+        return {}
+    changes = {}
+    for name in FFN_WIDTHS:
+        width = getattr(config, name, "absent")
+        if width is None and name == "n_inner" and isinstance(getattr(config, "n_embd", None), int):
+            width = 4 * config.n_embd  # GPT-2: None means 4 × the hidden size
+        if not isinstance(width, int) or isinstance(width, bool):
+            continue
+        matching = [c for c in every if c.kind == "neurons" and not c.sampled and c.width == width]
+        counts = {kept.get(c.name, c.width) for c in matching}
+        if len(matching) == layers and len(counts) == 1 and counts != {width}:
+            changes[name] = counts.pop()
+    attention = [c for c in every if c.heads is not None]
+    head_dim = getattr(config, "head_dim", None)
+    if len(attention) == layers and isinstance(head_dim, int) and all(c.heads.head_dim == head_dim for c in attention):
+        units = {kept.get(c.name, c.width) for c in attention}
+        query = {c.heads.query_heads(kept.get(c.name, c.width)) for c in attention}
+        if len(units) == 1 and len(query) == 1:
+            query_heads, kv_heads = query.pop(), units.pop()
+            if query_heads != getattr(config, "num_attention_heads", None):
+                changes["num_attention_heads"] = query_heads
+                if isinstance(getattr(config, "num_key_value_heads", None), int):
+                    changes["num_key_value_heads"] = kv_heads
+    for name, value in changes.items():
+        setattr(config, name, value)
+    return changes
 
 
 def _fit_size(model, method, size, options, attempt):
@@ -272,10 +392,10 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"{WEIGHTS_FILE} in it (written by Compression.save or `netshrink compress --out`)"
         )
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise NetshrinkError(
             f"{manifest_path} has format {manifest.get('format')!r}; this netshrink reads "
-            f"{MANIFEST_FORMAT!r}"
+            f"{', '.join(repr(f) for f in READABLE_FORMATS)}"
         )
     rebuilt = copy.deepcopy(model)
     for module_path, entry in manifest["modules"].items():
@@ -299,7 +419,26 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         reference = next(old.parameters(), None)
         set_submodule(rebuilt, module_path, build(
             entry["new"], device=reference.device if reference is not None else None,
-            dtype=reference.dtype if reference is not None else None))
+            dtype=reference.dtype if reference is not None else None, like=old))
+    for module_path, changes in manifest.get("attributes", {}).items():
+        try:
+            module = rebuilt.get_submodule(module_path)
+        except AttributeError:
+            raise NetshrinkError(
+                f"the model passed to load() has no module {module_path!r}; pass a freshly built "
+                "instance of the architecture that was compressed"
+            ) from None
+        for name, value in changes.items():
+            setattr(module, name, value)
+    if manifest.get("config"):
+        config = getattr(rebuilt, "config", None)
+        if config is None:
+            raise NetshrinkError(
+                f"the compressed model's config was changed ({manifest['config']}) but the model passed "
+                "to load() has no config; pass the architecture that was compressed"
+            )
+        for name, value in manifest["config"].items():
+            setattr(config, name, value)
     state = load_file(str(weights_path), device=str(model_device(rebuilt)))
     try:
         rebuilt.load_state_dict(state, strict=True)

@@ -1,10 +1,13 @@
 """Linear and Conv2d layers seen as matrices acting on groups of input columns.
 
-Every layer that can lose input units (neurons or channels) is a matrix
+Every layer that can lose input units (neurons, channels or heads) is a matrix
 ``W: (out, width·s)`` applied to rows of input columns, with unit ``c`` owning the
 contiguous columns ``[c·s, (c+1)·s)`` (Robin §2.5):
 
-- ``nn.Linear`` reading neurons: ``s = 1``;
+- ``nn.Linear`` reading neurons: ``s = 1``; reading the context vectors of attention
+  heads: ``s = d_head`` (times the query heads of one key/value group);
+- a transposed linear layer (``Conv1D`` of GPT-2: ``y = x W + b`` with ``W: (in, out)``)
+  exactly like ``nn.Linear``; it is recognised by its shape, not imported;
 - ``nn.Linear`` reading flattened feature maps ``(N, C·h·w)``: ``s = h·w``, a channel's
   ``h·w`` features are its group;
 - ``nn.Conv2d`` (``groups=1``, zero padding): the convolution is a matrix product on
@@ -28,9 +31,36 @@ from .errors import UnsupportedCutError
 _CHUNK_ELEMENTS = 1 << 24
 
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """True for GPT-2's ``Conv1D``: ``y = x @ weight + bias``, ``weight: (nx, nf)``.
+
+    Recognised by its class name and shape so the core never imports ``transformers``.
+    """
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2
+            and tuple(weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None)))
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or a transposed linear layer (:func:`is_transposed_linear`)."""
+    return type(module) is nn.Linear or is_transposed_linear(module)
+
+
 def is_layer(module: nn.Module) -> bool:
-    """True for the layers netshrink rewrites: plain ``nn.Linear`` and ``nn.Conv2d``."""
-    return type(module) in (nn.Linear, nn.Conv2d)
+    """True for the layers netshrink rewrites: plain ``nn.Linear`` (or ``Conv1D``) and ``nn.Conv2d``."""
+    return type(module) is nn.Conv2d or is_linear(module)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise ``nn.Conv2d`` (``groups = in = out channels``): channel ``c`` of its output
+    depends on channel ``c`` of its input only, so it is sliced with its channels."""
+    return (type(module) is nn.Conv2d and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def companion_width(module: nn.Module) -> int:
+    """Channels of a per-channel companion (BatchNorm or depthwise convolution)."""
+    return module.out_channels if type(module) is nn.Conv2d else module.num_features
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
@@ -43,18 +73,22 @@ def unsupported_reason(module: nn.Module) -> str | None:
         if isinstance(module.padding, str):
             return f"its padding is {module.padding!r}; give explicit integer padding"
         return None
-    if type(module) is nn.Linear:
+    if is_linear(module):
         return None
     return f"{type(module).__name__} is not a plain nn.Linear or nn.Conv2d"
 
 
 def in_units(module: nn.Module) -> int:
     """Size of the input dimension that is indexed by units (features or channels)."""
+    if is_transposed_linear(module):
+        return module.nx
     return module.in_features if type(module) is nn.Linear else module.in_channels
 
 
 def out_units(module: nn.Module) -> int:
     """Number of output neurons or channels."""
+    if is_transposed_linear(module):
+        return module.nf
     return module.out_features if type(module) is nn.Linear else module.out_channels
 
 
@@ -67,17 +101,20 @@ def group_size(module: nn.Module, width: int) -> int:
             )
         kh, kw = module.kernel_size
         return kh * kw
-    if module.in_features % width:
+    inputs = in_units(module)
+    if inputs % width:
         raise UnsupportedCutError(
-            f"an nn.Linear with {module.in_features} inputs reads {width} channels: the groups "
-            f"don't divide the input ({module.in_features} is not a multiple of {width})"
+            f"an nn.Linear with {inputs} inputs reads {width} channels: the groups "
+            f"don't divide the input ({inputs} is not a multiple of {width})"
         )
-    return module.in_features // width
+    return inputs // width
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weights as ``(out, in·s)`` in float64, columns grouped by input unit."""
     weight = module.weight.detach().to(torch.float64)
+    if is_transposed_linear(module):
+        return weight.T
     return weight.reshape(weight.shape[0], -1)
 
 
@@ -88,7 +125,7 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
     image is a row holding its unfolded patch (channel-major, as ``weight_matrix``).
     Yields float64 chunks so memory stays bounded for large feature maps.
     """
-    if type(module) is nn.Linear:
+    if is_linear(module):
         rows = x.reshape(-1, x.shape[-1])
         step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
         for start in range(0, rows.shape[0], step):
@@ -114,7 +151,7 @@ def unit_rows(x: torch.Tensor, module: nn.Module, width: int) -> torch.Tensor:
     """
     if type(module) is nn.Conv2d:
         return x.movedim(1, -1).reshape(-1, width)
-    s = module.in_features // width
+    s = in_units(module) // width
     if s == 1:
         return x.reshape(-1, width)
     return x.reshape(-1, width, s).transpose(1, 2).reshape(-1, width)
@@ -144,7 +181,10 @@ def with_input_weights(module: nn.Module, matrix: torch.Tensor, units: int) -> n
         raise UnsupportedCutError(
             f"new input weights of shape {tuple(matrix.shape)} do not fit a layer with {out} outputs"
         )
-    if type(module) is nn.Linear:
+    if is_transposed_linear(module):
+        new = _transposed_like(module, inputs=matrix.shape[1], outputs=out)
+        weight = matrix.T
+    elif type(module) is nn.Linear:
         new = nn.Linear(matrix.shape[1], out, bias=module.bias is not None,
                         device=module.weight.device, dtype=module.weight.dtype)
         weight = matrix
@@ -162,6 +202,12 @@ def keep_outputs(module: nn.Module, kept: torch.Tensor) -> nn.Module:
     """A copy of ``module`` computing only its output units ``kept`` (rows and bias)."""
     _require_layer(module)
     kept = kept.to(module.weight.device)
+    if is_transposed_linear(module):
+        new = _transposed_like(module, inputs=module.nx, outputs=len(kept))
+        with torch.no_grad():
+            new.weight.copy_(module.weight.index_select(1, kept))
+            new.bias.copy_(module.bias.index_select(0, kept))
+        return new
     if type(module) is nn.Linear:
         new = nn.Linear(module.in_features, len(kept), bias=module.bias is not None,
                         device=module.weight.device, dtype=module.weight.dtype)
@@ -175,7 +221,17 @@ def keep_outputs(module: nn.Module, kept: torch.Tensor) -> nn.Module:
 
 
 def keep_channels(norm: nn.Module, kept: torch.Tensor) -> nn.Module:
-    """A copy of a BatchNorm layer restricted to the channels ``kept``."""
+    """A copy of a per-channel companion (BatchNorm, depthwise conv) restricted to ``kept``."""
+    if is_depthwise(norm):
+        kept = kept.to(norm.weight.device)
+        new = nn.Conv2d(len(kept), len(kept), norm.kernel_size, stride=norm.stride, padding=norm.padding,
+                        dilation=norm.dilation, groups=len(kept), bias=norm.bias is not None,
+                        padding_mode=norm.padding_mode, device=norm.weight.device, dtype=norm.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(norm.weight.index_select(0, kept))
+            if norm.bias is not None:
+                new.bias.copy_(norm.bias.index_select(0, kept))
+        return new
     if type(norm) not in (nn.BatchNorm1d, nn.BatchNorm2d):
         raise UnsupportedCutError(f"cannot slice channels of {type(norm).__name__}")
     reference = next(iter(norm.buffers()), None) if not norm.affine else norm.weight
@@ -201,6 +257,12 @@ def _conv_like(module: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Con
         padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
         device=module.weight.device, dtype=module.weight.dtype,
     )
+
+
+def _transposed_like(module: nn.Module, inputs: int, outputs: int) -> nn.Module:
+    """An empty layer of ``module``'s class (GPT-2's ``Conv1D(nf, nx)``) with new sizes."""
+    new = type(module)(outputs, inputs)
+    return new.to(device=module.weight.device, dtype=module.weight.dtype)
 
 
 def _require_layer(module: nn.Module) -> None:

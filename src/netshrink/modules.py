@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import NetshrinkError
+from .layers import is_transposed_linear
 
 
 class Sampled(nn.Module):
@@ -61,11 +62,16 @@ def spec(module: nn.Module) -> dict:
     if kind is nn.Linear:
         return {"type": "Linear", "in_features": module.in_features,
                 "out_features": module.out_features, "bias": module.bias is not None}
+    if is_transposed_linear(module):
+        return {"type": "Conv1D", "nf": module.nf, "nx": module.nx}
     if kind is nn.Conv2d:
-        return {"type": "Conv2d", "in_channels": module.in_channels,
-                "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
-                "stride": list(module.stride), "padding": list(module.padding),
-                "dilation": list(module.dilation), "bias": module.bias is not None}
+        description = {"type": "Conv2d", "in_channels": module.in_channels,
+                       "out_channels": module.out_channels, "kernel_size": list(module.kernel_size),
+                       "stride": list(module.stride), "padding": list(module.padding),
+                       "dilation": list(module.dilation), "bias": module.bias is not None}
+        if module.groups != 1:
+            description["groups"] = module.groups
+        return description
     if kind in (nn.BatchNorm1d, nn.BatchNorm2d):
         return {"type": kind.__name__, "num_features": module.num_features, "eps": module.eps,
                 "momentum": module.momentum, "affine": module.affine,
@@ -78,10 +84,21 @@ def spec(module: nn.Module) -> dict:
     raise NetshrinkError(f"cannot describe a {kind.__name__} in a manifest")
 
 
-def build(description: dict, device=None, dtype=None) -> nn.Module:
-    """An (uninitialised) module of the shape ``description`` (from :func:`spec`)."""
+def build(description: dict, device=None, dtype=None, like: nn.Module | None = None) -> nn.Module:
+    """An (uninitialised) module of the shape ``description`` (from :func:`spec`).
+
+    ``like`` is the module the description replaces in a freshly built original: a
+    ``Conv1D`` is built as its class (netshrink does not import the library it comes from).
+    """
     kind = description.get("type")
     options = {"device": device, "dtype": dtype}
+    if kind == "Conv1D":
+        if like is None or not is_transposed_linear(like):
+            raise NetshrinkError(
+                f"the manifest holds a Conv1D where the model passed to load() has a "
+                f"{type(like).__name__}; pass a freshly built instance of the architecture that was compressed"
+            )
+        return type(like)(description["nf"], description["nx"]).to(**{k: v for k, v in options.items() if v})
     if kind == "Linear":
         return nn.Linear(description["in_features"], description["out_features"],
                          bias=description["bias"], **options)
@@ -89,14 +106,15 @@ def build(description: dict, device=None, dtype=None) -> nn.Module:
         return nn.Conv2d(description["in_channels"], description["out_channels"],
                          tuple(description["kernel_size"]), stride=tuple(description["stride"]),
                          padding=tuple(description["padding"]),
-                         dilation=tuple(description["dilation"]), bias=description["bias"], **options)
+                         dilation=tuple(description["dilation"]), groups=description.get("groups", 1),
+                         bias=description["bias"], **options)
     if kind in ("BatchNorm1d", "BatchNorm2d"):
         return getattr(nn, kind)(description["num_features"], eps=description["eps"],
                                  momentum=description["momentum"], affine=description["affine"],
                                  track_running_stats=description["track_running_stats"], **options)
     if kind == "Sampled":
         index = torch.zeros(description["kept"], dtype=torch.int64, device=device)
-        return Sampled(build(description["layer"], device, dtype), index, description["dim"])
+        return Sampled(build(description["layer"], device, dtype, like), index, description["dim"])
     if kind == "LowRank":
         return LowRank(build(description["first"], device, dtype),
                        build(description["second"], device, dtype))

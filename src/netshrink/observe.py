@@ -6,11 +6,12 @@ cut's width, never by the number of calibration samples (DESIGN "Observe").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from . import batches
 from .errors import InvalidInputError
 from .evaluate import model_device
 from .graph import Cut
@@ -20,21 +21,26 @@ from .layers import input_rows
 class Calibration:
     """Re-iterable calibration batches.
 
-    ``data`` is a tensor of inputs ``(N, ...)`` (split into batches of ``batch_size``)
-    or a re-iterable of batches (a list, a DataLoader); each batch is a tensor or a
-    tuple/list whose first element is the input tensor (e.g. ``(images, labels)``).
+    ``data`` is a tensor of inputs ``(N, ...)`` or a mapping of keyword inputs whose
+    tensors are ``(N, ...)`` (a tokenizer's output; both split into batches of
+    ``batch_size``), or a re-iterable of batches (a list, a DataLoader). Each batch is a
+    tensor, a mapping of keyword arguments (the model is called as ``model(**batch)``;
+    its ``attention_mask`` marks the rows that count, see :mod:`netshrink.batches`), or
+    a tuple/list whose first element is one of those (e.g. ``(images, labels)``).
     One-shot iterators are rejected because schedules read the data several times.
     """
 
     def __init__(self, data, batch_size: int = 1000):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(data, torch.Tensor):
-            if data.ndim == 0 or data.shape[0] == 0:
+        if isinstance(data, (torch.Tensor, Mapping)):
+            if isinstance(data, torch.Tensor) and (data.ndim == 0 or data.shape[0] == 0):
                 raise InvalidInputError(
                     f"calibration tensor has shape {tuple(data.shape)}: it needs at least one "
                     "sample along its first dimension"
                 )
+            batches.check(data, 0)
+            data = batches.split(data, batch_size)
         elif isinstance(data, Iterator):
             raise InvalidInputError(
                 "calibration is a one-shot iterator (e.g. a generator); netshrink reads the "
@@ -42,39 +48,33 @@ class Calibration:
             )
         elif not isinstance(data, Iterable):
             raise InvalidInputError(
-                f"calibration must be a tensor or an iterable of batches, got {type(data).__name__}"
+                f"calibration must be a tensor or an iterable of batches (or a mapping of keyword "
+                f"inputs), got {type(data).__name__}"
             )
         self.data = data
         self.batch_size = batch_size
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        if isinstance(self.data, torch.Tensor):
-            batches: Iterable = torch.split(self.data, self.batch_size)
-        else:
-            batches = self.data
+    def __iter__(self) -> Iterator:
         seen = 0
-        for index, batch in enumerate(batches):
+        for index, batch in enumerate(self.data):
             if isinstance(batch, (tuple, list)):
                 if not batch:
                     raise InvalidInputError(f"calibration batch {index} is an empty {type(batch).__name__}")
                 batch = batch[0]
-            if not isinstance(batch, torch.Tensor):
-                raise InvalidInputError(
-                    f"calibration batch {index} is a {type(batch).__name__}; expected a tensor "
-                    "or a tuple whose first element is the input tensor"
-                )
-            if batch.ndim == 0 or batch.shape[0] == 0:
+            batches.check(batch, index)
+            if isinstance(batch, torch.Tensor) and batch.ndim == 0:
                 continue
-            if batch.is_floating_point() and not torch.isfinite(batch).all():
-                bad = int((~torch.isfinite(batch)).sum())
-                raise InvalidInputError(
-                    f"calibration batch {index} contains {bad} NaN/Inf values; clean or "
-                    "drop those samples before compressing"
-                )
-            seen += batch.shape[0]
+            count = batches.size(batch)
+            if count == 0:
+                continue
+            seen += count
             yield batch
         if seen == 0:
             raise InvalidInputError("calibration data is empty: it yielded no samples")
+
+    def first(self):
+        """The first non-empty batch (the example from which a model's graph is read)."""
+        return next(iter(self))
 
 
 class _AllObserved(Exception):
@@ -213,6 +213,10 @@ def observe(
     input the same consumer receives in ``reference`` on the same batch (else None).
     Returns ``{cut.name: statistic}``. No weights are modified; train/eval flags are
     restored afterwards.
+
+    For a keyword batch with an ``attention_mask: (B, T)``, a consumer input of shape
+    ``(B, T, d)`` contributes only the rows of real tokens: padding never enters a
+    statistic.
     """
     modules = dict(model.named_modules())
     statistics = {
@@ -221,13 +225,14 @@ def observe(
     device = model_device(model)
     readers = [(cut.name, index, path) for cut in cuts for index, path in enumerate(cut.consumers)]
     originals: dict[str, torch.Tensor] = {}
+    current = {"mask": None}  # the row mask of the batch being run
     handles = []
     pending: set[str] = set()
     reference_pending: set[str] = set()
 
     def capture(path: str):
         def hook(_module, inputs):
-            originals[path] = inputs[0]
+            originals[path] = counted_rows(inputs[0], current["mask"])
             reference_pending.discard(path)
             if not reference_pending:
                 raise _AllObserved
@@ -238,7 +243,7 @@ def observe(
         statistic = statistics[name]
 
         def hook(_module, inputs):
-            activations = inputs[0]
+            activations = counted_rows(inputs[0], current["mask"])
             if activations.is_floating_point() and not torch.isfinite(activations).all():
                 raise InvalidInputError(
                     f"the activations entering {path!r} contain NaN/Inf on the "
@@ -265,13 +270,14 @@ def observe(
         m.eval()
     try:
         with torch.inference_mode():
-            batches = calibration
+            stream = calibration
             if progress:
                 from tqdm.auto import tqdm
 
-                batches = tqdm(calibration, desc="observe", unit="batch", leave=False)
-            for index, batch in enumerate(batches):
-                batch = batch.to(device)
+                stream = tqdm(calibration, desc="observe", unit="batch", leave=False)
+            for index, batch in enumerate(stream):
+                batch = batches.to_device(batch, device)
+                current["mask"] = batches.row_mask(batch)
                 if reference is not None:
                     originals.clear()
                     reference_pending.update(paths)
@@ -286,7 +292,15 @@ def observe(
     return statistics
 
 
-def _run_until_observed(model: nn.Module, batch: torch.Tensor, index: int, pending: set[str]) -> None:
+def counted_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``x`` that calibration counts: ``x[mask]: (n, d)`` for a sequence input
+    ``x: (B, T, d)`` with the batch's ``mask: (B, T)``; any other ``x`` as it is."""
+    if mask is None or x.ndim != mask.ndim + 1 or tuple(x.shape[:-1]) != tuple(mask.shape):
+        return x
+    return x[mask.to(x.device)]
+
+
+def _run_until_observed(model: nn.Module, batch, index: int, pending: set[str]) -> None:
     try:
         run_batch(model, batch, index)
     except _AllObserved:
@@ -297,15 +311,15 @@ def _run_until_observed(model: nn.Module, batch: torch.Tensor, index: int, pendi
     )
 
 
-def run_batch(model: nn.Module, batch: torch.Tensor, index: int = 0) -> torch.Tensor:
+def run_batch(model: nn.Module, batch, index: int = 0):
     """Forward one calibration batch, turning shape errors into a helpful message."""
     try:
-        return model(batch)
+        return batches.call(model, batch)
     except (InvalidInputError, _AllObserved):
         raise
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
         raise InvalidInputError(
-            f"running {type(model).__name__} on calibration batch {index} of shape "
-            f"{tuple(batch.shape)} failed: {exc}. Calibration inputs must have the shape "
-            "the model's forward() expects (for the zoo's Fashion-MNIST models: (N, 1, 28, 28))."
+            f"running {type(model).__name__} on calibration batch {index} ({batches.describe(batch)}) "
+            f"failed: {type(exc).__name__}: {exc}. Calibration inputs must be what the model's forward() "
+            "expects (for the zoo's Fashion-MNIST models: (N, 1, 28, 28) tensors)."
         ) from exc

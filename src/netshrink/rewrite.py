@@ -2,8 +2,10 @@
 
 A decision at a cut keeps the units ``kept`` and gives each consumer new input
 weights. Rewriting builds new, physically smaller modules (never masks) and puts them
-into the model in place of the old ones: producers lose rows (and bias entries),
-BatchNorm companions lose channels, consumers get the new weights. A sampled cut
+into the model in place of the old ones: producers lose the rows of the removed units
+(and bias entries; :meth:`~netshrink.graph.Cut.producer_rows`), BatchNorm and depthwise
+companions lose channels, consumers get the new weights. A head cut also updates the
+head counts its attention module keeps (:func:`update_head_counts`). A sampled cut
 wraps its consumer in :class:`~netshrink.modules.Sampled` instead (Robin §2.6).
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layers import columns_of, keep_channels, keep_outputs, with_input_weights
+from .layers import columns_of, in_units, is_linear, keep_channels, keep_outputs, out_units, with_input_weights
 from .modules import LowRank, Sampled
 
 
@@ -68,10 +70,42 @@ def remove_units(model: nn.Module, cut, decision) -> None:
     kept = decision.kept
     if cut.sampled or decision.factors is not None or len(kept) == cut.width:
         return
-    for path in cut.producers:
-        _replace_layer(model, path, lambda layer: keep_outputs(layer, kept))
+    for index, path in enumerate(cut.producers):
+        rows = cut.producer_rows(index, kept)
+        _replace_layer(model, path, lambda layer, r=rows: keep_outputs(layer, r))
     for path in cut.companions:
         set_submodule(model, path, keep_channels(model.get_submodule(path), kept))
+    if cut.heads is not None:
+        update_head_counts(model.get_submodule(cut.heads.module), cut, len(kept))
+
+
+#: Attention-module attributes that hold its number of query heads, of key/value heads,
+#: and the width of all heads together (``heads · d_head``), by the names models use.
+QUERY_HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+KEY_VALUE_HEAD_COUNTS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+HEAD_WIDTHS = ("all_head_size", "inner_dim", "split_size")
+
+
+def update_head_counts(attention: nn.Module, cut, kept: int) -> dict[str, int]:
+    """Set the head counts an attention module keeps to what ``kept`` units leave.
+
+    An attribute of :data:`QUERY_HEAD_COUNTS` equal to the cut's query heads becomes the
+    kept query heads; one of :data:`KEY_VALUE_HEAD_COUNTS` equal to the key/value heads
+    the kept ones; one of :data:`HEAD_WIDTHS` equal to ``heads · d_head`` the kept width
+    (GPT-2 splits its fused q/k/v by ``split_size``). Returns the changes.
+    """
+    heads = cut.heads
+    query, kept_query = heads.query_heads(cut.width), heads.query_heads(kept)
+    rules = [(QUERY_HEAD_COUNTS, query, kept_query), (KEY_VALUE_HEAD_COUNTS, cut.width, kept),
+             (HEAD_WIDTHS, query * heads.head_dim, kept_query * heads.head_dim)]
+    changes = {}
+    for names, old, new in rules:
+        for name in names:
+            value = getattr(attention, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value == old:
+                setattr(attention, name, new)
+                changes[name] = new
+    return changes
 
 
 def factorize(layer: nn.Module, left: torch.Tensor, right: torch.Tensor) -> LowRank:
@@ -82,9 +116,9 @@ def factorize(layer: nn.Module, left: torch.Tensor, right: torch.Tensor) -> LowR
     """
     rank = right.shape[0]
     device, dtype = layer.weight.device, layer.weight.dtype
-    if type(layer) is nn.Linear:
-        first = nn.Linear(layer.in_features, rank, bias=False, device=device, dtype=dtype)
-        second = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, device=device, dtype=dtype)
+    if is_linear(layer):  # nn.Linear or a transposed Conv1D: two nn.Linear either way
+        first = nn.Linear(in_units(layer), rank, bias=False, device=device, dtype=dtype)
+        second = nn.Linear(rank, out_units(layer), bias=layer.bias is not None, device=device, dtype=dtype)
         first_weight, second_weight = right, left
     else:
         first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride,
@@ -106,7 +140,7 @@ def _sampled(layer: nn.Module, kept: torch.Tensor, width: int, weight: torch.Ten
     new = with_input_weights(layer, weight, len(kept))
     if type(layer) is nn.Conv2d:
         return Sampled(new, kept, dim=1)
-    s = layer.in_features // width
+    s = in_units(layer) // width
     return Sampled(new, columns_of(kept, s), dim=-1)
 
 

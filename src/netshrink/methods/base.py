@@ -11,6 +11,7 @@ work) does nothing unless overridden.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..graph import Cut
+from ..graph import KINDS, Cut
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class Method(Protocol):
         statistic and the current consumer/producer layers; modules are not modified)."""
 
 
-def check_budget(tol: float | None, keep: float | None) -> None:
-    """Exactly one of ``tol`` (≥ 0) and ``keep`` (a fraction in (0, 1]) must be given."""
+def check_budget(tol: float | None, keep) -> None:
+    """Exactly one of ``tol`` (≥ 0) and ``keep`` (see :func:`check_keep`) must be given."""
     if (tol is None) == (keep is None):
         raise InvalidInputError(
             "give exactly one of tol (the ε of the stopping rule, ≥ 0) or keep "
@@ -78,11 +79,63 @@ def check_budget(tol: float | None, keep: float | None) -> None:
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
                             or not math.isfinite(tol) or tol < 0):
         raise InvalidInputError(f"tol must be a finite number ≥ 0, got {tol!r}")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
-                             or not math.isfinite(keep) or not 0 < keep <= 1):
+    if keep is not None:
+        check_keep(keep)
+
+
+def check_keep(keep) -> float | dict[str, float]:
+    """``keep``: the fraction of units kept at every cut, in (0, 1], or one fraction per
+    cut kind (``{"neurons": 0.5, "heads": 0.75}``; see :data:`netshrink.graph.KINDS`).
+
+    Returns it as a float or a dict. Zero is refused: it would leave a layer with no
+    neuron or an attention with no head.
+    """
+    if isinstance(keep, Mapping):
+        if not keep:
+            raise InvalidInputError("keep is an empty mapping; give a fraction per cut kind, e.g. {'heads': 0.5}")
+        unknown = sorted(set(keep) - set(KINDS))
+        if unknown:
+            raise InvalidInputError(f"keep has unknown cut kind(s) {unknown}; the kinds are {', '.join(KINDS)}")
+        return {kind: _fraction(value, f"keep[{kind!r}]", kind) for kind, value in keep.items()}
+    return _fraction(keep, "keep", None)
+
+
+def _fraction(value, label: str, kind: str | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{label} must be a fraction in (0, 1] of the units kept per cut, got {value!r}")
+    if value == 0:
+        what = {"heads": "zero heads in every attention", "neurons": "zero neurons in a layer",
+                "channels": "zero channels in a layer"}.get(kind, "a layer with zero neurons or an attention "
+                                                                 "with zero heads")
         raise InvalidInputError(
-            f"keep must be a fraction in (0, 1] of the neurons kept per layer, got {keep!r}"
+            f"{label}=0 would leave {what}, which no longer computes anything; give a fraction in (0, 1] "
+            "(keep=f keeps ceil(f·width) units of each cut, at least one), or leave the cuts out of layers="
         )
+    if not 0 < value <= 1:
+        raise InvalidInputError(f"{label} must be a fraction in (0, 1] of the units kept per cut, got {value!r}")
+    return float(value)
+
+
+def units_to_keep(keep: float | Mapping[str, float], cut: Cut) -> int:
+    """Units kept at ``cut`` for the budget ``keep`` (:func:`check_keep`): ``ceil(f·width)``.
+
+    For grouped-query attention the fraction counts query heads, which must come in whole
+    key/value groups: ``ceil(f·heads)`` has to be a multiple of the heads per group.
+    """
+    fraction = keep.get(cut.kind, 1.0) if isinstance(keep, Mapping) else keep
+    heads = cut.heads
+    if heads is None or heads.per_unit == 1:
+        return count_from_fraction(fraction, cut.width)
+    total = heads.query_heads(cut.width)
+    wanted = count_from_fraction(fraction, total)
+    if wanted % heads.per_unit:
+        options = ", ".join(f"{g * heads.per_unit / total:g}" for g in range(1, cut.width + 1))
+        raise InvalidInputError(
+            f"keep={fraction:g} asks for {wanted} of the {total} query heads of {cut.name!r}, but they share "
+            f"{cut.width} key/value heads, {heads.per_unit} query heads each: a pruned attention keeps whole "
+            f"groups. Keep a multiple of {heads.per_unit} heads (keep = {options})"
+        )
+    return wanted // heads.per_unit
 
 
 def count_from_fraction(keep: float, width: int) -> int:

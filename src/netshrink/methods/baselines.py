@@ -19,25 +19,22 @@ rank ``min(out, in)`` kept per consumer).
 
 from __future__ import annotations
 
-import math
-
 import scipy.linalg
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
-from ..layers import columns_of
+from ..layers import columns_of, weight_matrix
 from ..observe import GramStatistic
-from .base import Decision, Method, count_from_fraction
+from .base import Decision, Method, check_keep, count_from_fraction, units_to_keep
 from .regression import bias_shifts, refit, regressions, relative_error
 
 
-def _check_keep(keep) -> float:
-    if keep is None or isinstance(keep, bool) or not isinstance(keep, (int, float)) \
-            or not math.isfinite(keep) or not 0 < keep <= 1:
-        raise InvalidInputError(f"keep must be a fraction in (0, 1] of the units kept per layer, got {keep!r}")
-    return float(keep)
+def _require_keep(keep):
+    if keep is None:
+        raise InvalidInputError("keep must be given: the fraction of units kept per cut, in (0, 1]")
+    return check_keep(keep)
 
 
 class _Support(Method):
@@ -46,10 +43,15 @@ class _Support(Method):
     needs_reference = True
 
     def __init__(self, keep: float, refit: bool):
-        self.keep = _check_keep(keep)
+        self.keep = _require_keep(keep)
         if not isinstance(refit, bool):
             raise InvalidInputError(f"refit must be True or False, got {refit!r}")
         self.refit = refit
+
+    def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
+        """Check the budget at every cut before any work (whole key/value groups)."""
+        for cut in cuts:
+            units_to_keep(self.keep, cut)
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
         return GramStatistic(consumers)
@@ -57,7 +59,7 @@ class _Support(Method):
     def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:
         problems = regressions(cut, statistic, consumers)
-        k = count_from_fraction(self.keep, cut.width)
+        k = units_to_keep(self.keep, cut)
         kept = torch.sort(self.choose(cut, consumers, producers, k)).values.to(problems[0].gram.device)
         if self.refit:
             weights = [refit(p, kept) for p in problems]
@@ -85,7 +87,7 @@ class Magnitude(_Support):
 
     def choose(self, cut, consumers, producers, k):
         if producers:
-            scores = sum(_row_scores(layer) for layer in producers)
+            scores = sum(_unit_scores(cut, index, layer) for index, layer in enumerate(producers))
         else:
             scores = sum(_column_scores(layer, cut.width) for layer in consumers)
         return torch.argsort(scores, descending=True, stable=True)[:k].cpu()
@@ -104,13 +106,15 @@ class Random(_Support):
         return torch.randperm(cut.width, generator=self.generator)[:k]
 
 
-def _row_scores(layer: nn.Module) -> torch.Tensor:
-    weight = layer.weight.detach().double()
-    return weight.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
+def _unit_scores(cut: Cut, index: int, layer: nn.Module) -> torch.Tensor:
+    """``(width,)``: the squared norm of the rows each unit owns in producer ``index``."""
+    rows = cut.producer_rows(index, torch.arange(cut.width))
+    scores = weight_matrix(layer).pow(2).sum(dim=1)[rows.to(layer.weight.device)].cpu()
+    return scores.reshape(len(cut.segments(index)), cut.width, -1).sum(dim=(0, 2))
 
 
 def _column_scores(layer: nn.Module, width: int) -> torch.Tensor:
-    weight = layer.weight.detach().double()
+    weight = weight_matrix(layer)
     return weight.reshape(weight.shape[0], width, -1).pow(2).sum(dim=(0, 2))
 
 
@@ -121,7 +125,7 @@ class LowRank(Method):
     needs_reference = True
 
     def __init__(self, keep: float | None = None):
-        self.keep = _check_keep(keep)
+        self.keep = _require_keep(keep)
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
         return GramStatistic(consumers)
@@ -132,7 +136,8 @@ class LowRank(Method):
         factors, shifts, error, energy = [], [], 0.0, 0.0
         for p, layer in zip(problems, consumers):
             out, d = p.weight.shape
-            rank = count_from_fraction(self.keep, min(out, d))
+            fraction = self.keep.get(cut.kind, 1.0) if isinstance(self.keep, dict) else self.keep
+            rank = count_from_fraction(fraction, min(out, d))
             # The output covariance W Cov(x) Wᵀ on the layer's current inputs; its top
             # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W (plus intercept).
             covariance = p.weight @ p.gram @ p.weight.T

@@ -43,7 +43,7 @@ from ..graph import Cut
 from ..layers import columns_of
 from ..linalg import group_lasso, group_lasso_keep, lambda_max
 from ..observe import GramStatistic
-from .base import Decision, Method, count_from_fraction
+from .base import Decision, Method, check_keep, units_to_keep
 from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
 
 SOLVERS = ("fista", "altmin")
@@ -68,9 +68,8 @@ class GroupLasso(Method):
             raise InvalidInputError(
                 f"lam must be in [0, 1] (a fraction of λ_max, the value that removes every unit), got {lam!r}"
             )
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float))
-                                 or not math.isfinite(keep) or not 0 < keep <= 1):
-            raise InvalidInputError(f"keep must be a fraction in (0, 1] of the units kept per layer, got {keep!r}")
+        if keep is not None:
+            keep = check_keep(keep)
         if solver not in SOLVERS:
             raise InvalidInputError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
         if not isinstance(debias, bool):
@@ -84,7 +83,11 @@ class GroupLasso(Method):
         self.lam_scales: dict[str, float] = {}
 
     def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
-        """Price each cut before any is rewritten: ``lam_scales[name] = c/c̄`` (module doc)."""
+        """Check a ``keep`` budget at every cut (whole key/value groups) and price each cut
+        before any is rewritten: ``lam_scales[name] = c/c̄`` (module doc)."""
+        if self.keep is not None:
+            for cut in cuts:
+                units_to_keep(self.keep, cut)
         if self.weighting == "uniform" or len(cuts) < 2:
             return
         costs = {cut.name: cut.parameters_per_unit(model) for cut in cuts}
@@ -105,7 +108,7 @@ class GroupLasso(Method):
         live = live_units(problems, width)
         # the fraction of λ_max used at this cut (``lam`` budgets), for the report
         details = {} if self.lam is None else {"lam": self.fraction(cut)}
-        wanted = count_from_fraction(self.keep, width) if self.keep is not None else None
+        wanted = units_to_keep(self.keep, cut) if self.keep is not None else None
         if self.lam == 0 or (wanted is not None and wanted >= len(live)):
             # every unit that is not identically zero on the calibration data: the refit
             # is exact there (units that never fire carry nothing to reconstruct)

@@ -47,12 +47,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnsupportedCutError
 from ..graph import Cut
 from ..layers import unit_rows, weight_matrix
 from ..linalg import interpolative_decomposition, spectral_norm
 from ..observe import RFactor
-from .base import Decision, Method, check_budget, count_from_fraction
+from .base import Decision, Method, check_budget, check_keep, units_to_keep
 
 
 class UnitRows:
@@ -76,7 +76,20 @@ class Interpolative(Method):
     def __init__(self, tol: float | None = None, keep: float | None = None):
         check_budget(tol, keep)
         self.tol = tol
-        self.keep = keep
+        self.keep = None if keep is None else check_keep(keep)
+
+    def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
+        """Refuse head cuts (before any work) and budgets that split a key/value group."""
+        for cut in cuts:
+            if cut.kind == "heads":
+                raise UnsupportedCutError(
+                    f"interpolative selects single columns of the activations, and {cut.name!r} is a cut of "
+                    f"attention heads ({cut.heads.head_dim} context columns each, no column of one head "
+                    "matching a column of another). Compress heads with group_lasso, magnitude, random or "
+                    "lowrank, or leave them out with layers=[...] or keep={'neurons': ...}"
+                )
+            if self.keep is not None:
+                units_to_keep(self.keep, cut)
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> UnitRows:
         return UnitRows(cut, consumers)
@@ -92,7 +105,7 @@ class Interpolative(Method):
         if self.tol == 0:
             return _keep_everything(width, consumers)
         if self.keep is not None:
-            k = count_from_fraction(self.keep, width)
+            k = units_to_keep(self.keep, cut)
             if k == width:
                 return _keep_everything(width, consumers)
             if k > r_factor.shape[0]:

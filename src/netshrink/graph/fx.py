@@ -1,26 +1,28 @@
-"""Find the cuts of a model: places where whole neurons or channels can be removed.
+"""The torch.fx reader: the cuts of a model that ``torch.fx.symbolic_trace`` can trace.
 
 A feature selector commutes with every channelwise operation (Damle, "Compressing a
 simple neural network": ``Z(:, C) = σ(X W(:, C))``; Robin §2.2, Lemma 1): pointwise
-activations, BatchNorm, max/avg pooling, flatten, and the sum or product of two
-tensors of the same channels. So the graph is partitioned into *channel spaces*:
-sets of tensors whose channel ``c`` is computed from channel ``c`` of the others.
+activations, BatchNorm, depthwise convolutions, max/avg pooling, flatten, and the sum
+or product of two tensors of the same channels. So the graph is partitioned into
+*channel spaces*: sets of tensors whose channel ``c`` is computed from channel ``c`` of
+the others.
 
 A space is written by *producers* (``nn.Linear``/``nn.Conv2d`` outputs), may pass
-through *companions* (BatchNorm layers, sliced with the producers) and is read by
-*consumers* (``nn.Linear``/``nn.Conv2d`` inputs). Keeping a subset of its channels
-means slicing every producer's rows and every companion, and rewriting every
-consumer's input columns — exact up to the consumers' reconstruction error. A space
-with one producer and one consumer is a plain cut; a residual stream (several
-producers joined by additions, read by several layers) is a *joint* cut, pruned as
-one coupled group (Robin §2.6).
+through *companions* (BatchNorm layers and depthwise convolutions, sliced with the
+producers) and is read by *consumers* (``nn.Linear``/``nn.Conv2d`` inputs). Keeping a
+subset of its channels means slicing every producer's rows and every companion, and
+rewriting every consumer's input columns — exact up to the consumers' reconstruction
+error. A space with one producer and one consumer is a plain cut; a residual stream
+(several producers joined by additions, read by several layers) is a *joint* cut,
+pruned as one coupled group (Robin §2.6).
 
 When a space cannot lose channels statically (it reaches the network's output or an
 operation that mixes channels, or its readers should keep different channels),
 each reader can instead get a *dynamic sampler*: ``index_select`` of its kept
 channels before the layer, the producers untouched (Robin §2.6, ``coupling="sampler"``).
 
-The graph is read with ``torch.fx``; the model itself is never modified.
+This reader works on module calls and needs no example input; it does not see into
+attention (a reshape into heads mixes channels for it). The model is never modified.
 """
 
 from __future__ import annotations
@@ -33,10 +35,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidInputError, UnsupportedCutError, UntraceableModelError
-from .layers import group_size, in_units, is_layer, out_units, unsupported_reason
-
-COUPLINGS = ("joint", "sampler")
+from ..errors import UnsupportedCutError, UntraceableModelError
+from ..layers import companion_width, group_size, in_units, is_depthwise, is_layer, out_units, unsupported_reason
+from .cuts import Cut, Skipped
 
 # Modules that act on each element independently, with no per-feature parameters.
 _POINTWISE_MODULES = (
@@ -80,65 +81,6 @@ _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _FEATURES, _MAPS, _FLAT, _INPUT = "features", "maps", "flat", "input"
 
 
-@dataclass(frozen=True)
-class Cut:
-    """A set of units (neurons or channels) that can be removed together.
-
-    Attributes:
-        producers: module paths of the ``nn.Linear``/``nn.Conv2d`` layers whose output
-            units are removed (their rows are sliced); empty for a sampled cut.
-        consumers: module paths of the layers that read the units (their input
-            columns are rewritten).
-        companions: per-channel modules on the way (BatchNorm), sliced with the producers.
-        between: the channelwise operations on the way, for reports.
-        width: number of units at the cut.
-        sampled: True when the consumer reads its kept units through a dynamic sampler
-            (``index_select``) and the producers keep computing every unit.
-    """
-
-    producers: tuple[str, ...]
-    consumers: tuple[str, ...]
-    companions: tuple[str, ...]
-    between: tuple[str, ...]
-    width: int
-    sampled: bool = False
-
-    @property
-    def name(self) -> str:
-        """Named after the layer that loses units; ``"<consumer>:in"`` for a sampled cut."""
-        return f"{self.consumers[0]}:in" if self.sampled else self.producers[0]
-
-    @property
-    def joint(self) -> bool:
-        """True when several layers write or read the units (a coupled group)."""
-        return len(self.producers) > 1 or len(self.consumers) > 1
-
-    def parameters_per_unit(self, model: nn.Module) -> float:
-        """Parameters of ``model`` that removing one unit of this cut removes.
-
-        Its share of every producer's and companion's parameters (a weight row or output
-        filter with its bias, a BatchNorm's affine entries) plus its columns in every
-        consumer's weight (``out·s``: ``s`` = 1, ``h·w`` after a flatten, ``kh·kw`` for a
-        convolution), less the ``s`` entries counted twice in a layer that both writes
-        and reads the units (a residual stream's own block). A sampled cut saves the
-        consumer columns only.
-        """
-        owned = (*self.producers, *self.companions)
-        rows = sum(p.numel() for path in owned for p in model.get_submodule(path).parameters())
-        columns = sum(model.get_submodule(path).weight.numel() for path in self.consumers)
-        both = sum(model.get_submodule(path).weight.numel() / self.width for path in self.producers
-                   if path in self.consumers)
-        return (rows + columns - both) / self.width
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A layer whose output units cannot be removed, and why (for diagnostics)."""
-
-    module: str
-    reason: str
-
-
 @dataclass
 class _Space:
     producers: list[str] = field(default_factory=list)
@@ -154,154 +96,36 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many exception types while tracing
         raise UntraceableModelError(
-            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
-            "netshrink reads the model's graph to find which layers feed which. Make "
-            "forward() free of data-dependent Python control flow (if/for on tensor "
-            "values), or compress the traceable sub-module instead "
-            "(e.g. compress(model.features, ...))."
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def find_cuts(model: nn.Module, coupling: str = "joint") -> tuple[list[Cut], list[Skipped]]:
-    """Find every cut of ``model``.
-
-    Args:
-        coupling: ``"joint"`` prunes a space written or read by several layers as one
-            coupled group; ``"sampler"`` gives each reader of such a space (and of a
-            space that cannot be pruned statically) its own dynamic sampler.
-
-    Returns ``(cuts, skipped)``: cuts ordered by their first consumer in execution
-    order, and the layers whose outputs cannot be pruned, with the reason.
-    """
-    if coupling not in COUPLINGS:
-        raise InvalidInputError(f"unknown coupling {coupling!r}; use one of {', '.join(COUPLINGS)}")
+def read(model: nn.Module, coupling: str) -> tuple[list[Cut], list[Skipped]]:
+    """The cuts and skipped layers of ``model`` (see :func:`netshrink.graph.find_cuts`)."""
     spaces = _Spaces(trace(model))
-    cuts: list[Cut] = []
+    cuts: list[tuple[int, Cut]] = []
     skipped: list[Skipped] = []
     for space in spaces.finished():
         width = spaces.width(space)
         consumers = tuple(path for path, _, _ in sorted(space.consumers, key=lambda c: c[2]))
+        producers = tuple(sorted(space.producers, key=spaces.positions.__getitem__))
         order = min((c[2] for c in space.consumers), default=0)
-        static = not space.blocked and space.producers and consumers
-        if static and (coupling == "joint" or (len(space.producers) == 1 and len(consumers) == 1)):
-            cut = Cut(tuple(space.producers), consumers, tuple(space.companions),
-                      tuple(space.between), width)
+        static = not space.blocked and producers and consumers
+        if static and (coupling == "joint" or (len(producers) == 1 and len(consumers) == 1)):
+            kind = "channels" if any(type(spaces.modules[p]) is nn.Conv2d for p in (*producers, *consumers)) \
+                else "neurons"
+            cut = Cut(producers, consumers, tuple(space.companions), tuple(space.between), width, kind=kind)
             cuts.append((order, cut))
             continue
-        if coupling == "sampler" and consumers and space.producers:
+        if coupling == "sampler" and consumers and producers:
             for path, _, position in space.consumers:
-                cuts.append((position, Cut((), (path,), (), tuple(space.between), width, sampled=True)))
+                kind = "channels" if type(spaces.modules[path]) is nn.Conv2d else "neurons"
+                cuts.append((position, Cut((), (path,), (), tuple(space.between), width, sampled=True, kind=kind)))
             continue
         reason = "; ".join(dict.fromkeys(space.blocked)) or "its output is not read by a Linear or Conv2d layer"
-        skipped.extend(Skipped(p, reason) for p in space.producers)
+        skipped.extend(Skipped(p, reason) for p in producers)
     cuts.sort(key=lambda pair: pair[0])
     return [cut for _, cut in cuts], skipped
-
-
-def require_cuts(model: nn.Module, coupling: str = "joint") -> tuple[list[Cut], list[Skipped]]:
-    """Like :func:`find_cuts` but raise when the model has no cut at all."""
-    cuts, skipped = find_cuts(model, coupling)
-    if not cuts:
-        details = "; ".join(f"{s.module!r}: {s.reason}" for s in skipped) or "it has no nn.Linear or nn.Conv2d layer"
-        raise UnsupportedCutError(
-            f"{type(model).__name__} has no place where neurons can be removed ({details}). "
-            "A cut is an nn.Linear or nn.Conv2d whose output reaches other nn.Linear/nn.Conv2d "
-            "layers through channelwise operations only (activations, BatchNorm, pooling, "
-            "flatten, residual additions)."
-        )
-    return cuts, skipped
-
-
-def select_cuts(cuts: list[Cut], names: list[str] | None, skipped: list[Skipped] = ()) -> list[Cut]:
-    """The cuts named in ``names`` (see :attr:`Cut.name`), in model order; all if None."""
-    if names is None:
-        return cuts
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise UnsupportedCutError("layers is empty: name at least one cut, or pass None for all")
-    known = {cut.name for cut in cuts}
-    reasons = {s.module: s.reason for s in skipped}
-    for name in names:
-        if name in known:
-            continue
-        if name in reasons:
-            raise UnsupportedCutError(f"layer {name!r} cannot lose units: {reasons[name]}")
-        raise UnsupportedCutError(
-            f"no cut is named {name!r}; the cuts of this model are "
-            f"{', '.join(repr(c.name) for c in cuts)} (a cut is named after the layer that loses units)"
-        )
-    wanted = set(names)
-    return [cut for cut in cuts if cut.name in wanted]
-
-
-#: Names of a classifier's fully connected layers for :func:`resolve_linear`.
-LINEAR_TARGETS = {"first": 0, "pen": -2, "last": -1}
-
-
-def linear_layers(model: nn.Module) -> list[str]:
-    """Module paths of ``model``'s ``nn.Linear`` layers, in execution order."""
-    graph_module = trace(model)
-    modules = dict(graph_module.named_modules())
-    calls = [node.target for node in graph_module.graph.nodes
-             if node.op == "call_module" and type(modules[node.target]) is nn.Linear]
-    return list(dict.fromkeys(calls))
-
-
-def resolve_linear(model: nn.Module, layer: str) -> str:
-    """The module path of the ``nn.Linear`` named by ``layer``.
-
-    ``layer`` is ``"first"``, ``"pen"`` (penultimate) or ``"last"`` among the model's
-    Linear layers in execution order (a classifier's fully connected layers, seed 002's
-    ``--layer``), or a module path such as ``"classifier.4"``.
-
-    Raises:
-        UnsupportedCutError: no such layer, a layer that is not an ``nn.Linear``, or a
-            model with too few Linear layers for ``"pen"``.
-    """
-    if not isinstance(layer, str) or not layer:
-        raise InvalidInputError(f"layer must be 'first', 'pen', 'last' or a module path, got {layer!r}")
-    linears = linear_layers(model)
-    if layer in LINEAR_TARGETS:
-        position = LINEAR_TARGETS[layer]
-        if len(linears) < (2 if layer == "pen" else 1):
-            raise UnsupportedCutError(
-                f"layer={layer!r} needs {2 if layer == 'pen' else 1} nn.Linear layers; "
-                f"{type(model).__name__} has {len(linears)}: {linears}"
-            )
-        return linears[position]
-    try:
-        module = model.get_submodule(layer)
-    except AttributeError:
-        raise UnsupportedCutError(
-            f"{type(model).__name__} has no layer named {layer!r}; give 'first', 'pen', 'last' or the "
-            f"module path of one of its nn.Linear layers: {', '.join(repr(p) for p in linears)}"
-        ) from None
-    if type(module) is not nn.Linear or layer not in linears:
-        raise UnsupportedCutError(
-            f"layer {layer!r} is a {type(module).__name__}, not an nn.Linear called in forward(); "
-            f"the target of a layer compression must be one of {', '.join(repr(p) for p in linears)}"
-        )
-    return layer
-
-
-def input_cut(model: nn.Module, layer: str, coupling: str = "joint") -> Cut:
-    """The cut that removes inputs of one ``nn.Linear`` (see :func:`resolve_linear`).
-
-    When the layer reads the neurons of one Linear producer and is their only reader (a
-    plain cut), the producer loses the removed neurons. Otherwise its inputs are not a
-    producer's neurons — flattened conv features (a channel owns ``h·w`` of them), the
-    network's own input, a tensor several layers read — and every input feature is a
-    unit of its own, served by a sampler (``index_select`` before the layer, Robin
-    §2.6): the cut ``"<layer>:in"`` of width ``in_features``; only the layer shrinks.
-    """
-    path = resolve_linear(model, layer)
-    width = model.get_submodule(path).in_features
-    cuts, _ = find_cuts(model, coupling)
-    for cut in cuts:
-        if cut.consumers == (path,) and not cut.sampled and len(cut.producers) == 1 and cut.width == width:
-            return cut
-    return Cut((), (path,), (), (), width, sampled=True)
 
 
 class _Spaces:
@@ -310,9 +134,11 @@ class _Spaces:
     def __init__(self, graph_module: torch.fx.GraphModule):
         self.modules = dict(graph_module.named_modules())
         self.calls: dict[str, int] = {}
-        for node in graph_module.graph.nodes:
+        self.positions: dict[str, int] = {}  # execution order of each layer's (first) call
+        for position, node in enumerate(graph_module.graph.nodes):
             if node.op == "call_module":
                 self.calls[node.target] = self.calls.get(node.target, 0) + 1
+                self.positions.setdefault(node.target, position)
         self.parent: list[int] = []
         self.spaces: list[_Space] = []
         self.state: dict[torch.fx.Node, tuple[int, str]] = {}
@@ -365,7 +191,7 @@ class _Spaces:
         if not space.producers:
             return
         widths = {out_units(self.modules[p]) for p in space.producers}
-        widths |= {self.modules[c].num_features for c in space.companions}
+        widths |= {companion_width(self.modules[c]) for c in space.companions}
         if len(widths) > 1:
             space.blocked.append(f"its writers and norms have different widths {sorted(widths)}")
             space.consumers = []
@@ -402,7 +228,8 @@ class _Spaces:
         inputs = self._tracked(node)
         if not inputs:
             return
-        if node.op == "call_module" and is_layer(self.modules[node.target]):
+        if node.op == "call_module" and is_layer(self.modules[node.target]) \
+                and not is_depthwise(self.modules[node.target]):
             self._visit_layer(node, position, inputs)
             return
         if _is_size_query(node):
@@ -463,11 +290,11 @@ class _Spaces:
             module = self.modules[node.target]
             if isinstance(module, _POINTWISE_MODULES) or (isinstance(module, nn.PReLU) and module.num_parameters == 1):
                 return type(module).__name__.lower(), layout
-            if type(module) in _NORM_MODULES:
+            if type(module) in _NORM_MODULES or (is_depthwise(module) and layout == _MAPS):
                 if self.calls[node.target] > 1:
                     return None
                 self.space(first).companions.append(node.target)
-                return type(module).__name__.lower(), layout
+                return ("depthwise conv" if is_depthwise(module) else type(module).__name__.lower()), layout
             if isinstance(module, _POOL_MODULES) and layout == _MAPS:
                 if getattr(module, "return_indices", False):
                     return None
