@@ -128,7 +128,7 @@ class Compression:
             "attributes": self.attributes,
             "config": self.config,
         }
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.model.state_dict().items()}
+        state, manifest["tied"] = _untied_state(self.model)
         with atomic_directory(path, overwrite=overwrite) as tmp:
             save_file(state, os.path.join(tmp, WEIGHTS_FILE))
             with open(os.path.join(tmp, MANIFEST_FILE), "w") as handle:
@@ -440,6 +440,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         for name, value in manifest["config"].items():
             setattr(config, name, value)
     state = load_file(str(weights_path), device=str(model_device(rebuilt)))
+    for alias, source in manifest.get("tied", {}).items():
+        state[alias] = state[source]
     try:
         rebuilt.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -447,6 +449,21 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"the weights in {weights_path} do not fit the model passed to load(): {exc}"
         ) from exc
     return rebuilt
+
+
+def _untied_state(model: nn.Module) -> tuple[dict, dict]:
+    """The state dict with each shared tensor once (an LM head tied to its embedding),
+    and ``{alias: name}`` for the entries left out."""
+    state, tied, seen = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype) if tensor.numel() else None
+        if key is not None and key in seen:
+            tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        state[name] = tensor.detach().contiguous().cpu()
+    return state, tied
 
 
 def count_parameters(model: nn.Module) -> int:

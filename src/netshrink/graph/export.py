@@ -719,6 +719,7 @@ class _Assembly:
 
         cuts: list[tuple[int, Cut]] = []
         skipped: dict[str, tuple[int, str]] = {}
+        sampled: set[str] = set()
         for (producers, consumers, companions), roots in groups.items():
             roots.sort(key=lambda r: classes[r]["rows"][producers[0]][0])
             problem = self._irregular(producers, consumers, companions, roots, classes, owners, readers)
@@ -738,13 +739,16 @@ class _Assembly:
                 cuts.append((order, Cut(producers, consumers, companions, labels, width,
                                         kind=kind, rows=rows, heads=heads)))
                 continue
-            readable = [p for p in consumers if readers[p] == 1 and self._reads_whole(p, classes, roots)]
-            if coupling == "sampler" and heads is None and readable and (problem is None or blocked is not None):
-                for path in readable:
+            if coupling == "sampler" and heads is None:
+                readers_here = [(path, self._sampled_width(path)) for path in consumers if path not in sampled]
+                readers_here = [(path, width) for path, width in readers_here if width is not None]
+                for path, width in readers_here:
+                    sampled.add(path)
                     kind = "channels" if type(self.modules[path]) is nn.Conv2d else "neurons"
                     cuts.append((consumer_position[path], Cut((), (path,), (), labels, width, sampled=True, kind=kind)))
-                continue
-            reason = problem or blocked or "its output is not read by a Linear or Conv2d layer"
+                if readers_here:
+                    continue
+            reason = blocked or problem or "its output is not read by a Linear or Conv2d layer"
             for path in producers:
                 skipped.setdefault(path, (position[path], reason))
         for path, reason, at in walk.unsupported:
@@ -773,6 +777,22 @@ class _Assembly:
                     or companion_width(self.modules[path]) != len(roots):
                 return f"the channels of {path!r} do not follow the units"
         return None
+
+    def _sampled_width(self, path) -> int | None:
+        """Units a sampler before ``path`` would select among: its input columns come in
+        equal runs, one producer row each (a channel owns ``h·w`` flattened features)."""
+        columns = next(c for p, c, _ in self.walk.consumers if p == path).tolist()
+        if not columns or min(columns) < 0:
+            return None
+        runs = [1]
+        for previous, code in zip(columns, columns[1:]):
+            if code == previous:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        if len(set(runs)) != 1 or len(set(columns)) != len(runs):
+            return None
+        return len(runs)
 
     def _reads_whole(self, path, classes, roots) -> bool:
         """``path`` reads every unit through contiguous, equal column groups in unit order."""

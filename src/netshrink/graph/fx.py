@@ -312,6 +312,9 @@ class _Spaces:
             return target.__name__, layout
         if _is_flatten(node):
             return _flattened(layout)
+        if _is_spatial_mean(node) and layout == _MAPS:
+            keepdim = node.kwargs.get("keepdim", len(node.args) > 2 and node.args[2])
+            return "mean", (_MAPS if keepdim else _FEATURES)
         if any(isinstance(a, torch.fx.Node) for a in rest):
             return None
         if node.op == "call_function" and target in _POINTWISE_FUNCTIONS:
@@ -344,6 +347,14 @@ def _is_flatten(node: torch.fx.Node) -> bool:
         shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         return len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0])
     return False
+
+
+def _is_spatial_mean(node: torch.fx.Node) -> bool:
+    """``x.mean((2, 3))`` or ``torch.mean(x, dim=(-2, -1))`` of (N, C, H, W) maps: a global average pool."""
+    if node.target not in (torch.mean, "mean"):
+        return False
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
 
 
 def _is_batch_size(value) -> bool:
