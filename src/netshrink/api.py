@@ -17,7 +17,7 @@ from . import batches
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, require_cuts, select_cuts
-from .methods import make_method
+from .methods import METHODS, Method, make_method
 from .modules import build, spec
 from .observe import Calibration
 from .rewrite import set_submodule
@@ -139,7 +139,7 @@ class Compression:
 def compress(
     model: nn.Module,
     calibration,
-    method: str = "interpolative",
+    method: str | Method = "interpolative",
     *,
     chaining: str = "top_down",
     coupling: str = "joint",
@@ -161,7 +161,9 @@ def compress(
             marked by its ``attention_mask`` never enters a statistic), or a re-iterable
             of such batches (or ``(inputs, labels)`` tuples), e.g. a DataLoader. The first
             batch is the example from which the graph is read.
-        method: how units are chosen and consumers rewritten, with its ``options``:
+        method: how units are chosen and consumers rewritten: a name, with its ``options``
+            below, or a :class:`~netshrink.methods.Method` object of your own (its
+            ``statistic`` and ``decide`` run on the same cuts, data and schedule):
 
             - ``"interpolative"`` (column-pivoted QR, Damle): ``tol`` (the seed's ε:
               keep the pivots with ``|r_kk|·‖W_consumer‖₂ > ε``; 0 keeps everything) or
@@ -207,7 +209,7 @@ def compress(
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     size = options.pop("size", None)
     if size is None:
-        make_method(method, **options)  # bad options fail before any work
+        _strategy(method, options)  # bad options fail before any work
     data = Calibration(calibration, batch_size=batch_size)
     example = data.first()
     batches.check_for(model, example)
@@ -219,12 +221,13 @@ def compress(
     else:
         every, skipped = require_cuts(model, coupling, example)
         cuts = select_cuts(every, layers, skipped)
-        if layers is None and isinstance(options.get("keep"), Mapping):
-            cuts = _of_kinds(cuts, options["keep"])
+        keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
+        if layers is None and isinstance(keep, Mapping):
+            cuts = _of_kinds(cuts, keep)
 
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
-        strategy = make_method(method, **method_options)
+        strategy = _strategy(method, method_options)
         strategy.prepare(model, cuts)
         return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress)
 
@@ -255,7 +258,7 @@ def compress(
         layers=reports,
         params_before=count_parameters(model),
         params_after=count_parameters(shrunk),
-        method=method,
+        method=method if isinstance(method, str) else method.name,
         options={**{k: v for k, v in options.items() if v is not None},
                  "chaining": chaining, "coupling": coupling, **({"layer": layer} if layer is not None else {})},
         original_shapes={path: spec(model.get_submodule(path)) for path in touched},
@@ -346,6 +349,22 @@ def state_widths(shrunk: nn.Module, every: list, kept: dict[str, int]) -> dict[s
     for name, value in changes.items():
         setattr(config, name, value)
     return changes
+
+
+def _strategy(method, options: dict) -> Method:
+    """The method named ``method`` built with ``options``, or ``method`` itself when it is a
+    :class:`~netshrink.methods.Method` object (which takes no options here)."""
+    if isinstance(method, str):
+        return make_method(method, **options)
+    if not all(hasattr(method, verb) for verb in ("statistic", "decide", "prepare")):
+        raise InvalidInputError(
+            f"method must be a method name ({', '.join(sorted(METHODS))}) or a netshrink.methods.Method, "
+            f"got {type(method).__name__}"
+        )
+    given = sorted(key for key, value in options.items() if value is not None)
+    if given:
+        raise InvalidInputError(f"a Method object carries its own options; got {given} beside it")
+    return method
 
 
 def _fit_size(model, method, size, options, attempt):

@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a seed document's figures and tables")
-    reproduce.add_argument("study", choices=["damle", "robin", "shenouda"], help="which seed document")
+    reproduce.add_argument("study", choices=["damle", "robin", "shenouda", "minilm"],
+                           help="which study: a seed document, or minilm (a pretrained transformer)")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, for CI (< 3 minutes)")
     reproduce.add_argument("--out", type=Path, default=None, help="output folder (default: out/STUDY)")
     reproduce.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -180,9 +181,9 @@ def _evaluate(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import damle, robin, shenouda
+    from .experiments import damle, minilm, robin, shenouda
 
-    study = {"damle": damle, "robin": robin, "shenouda": shenouda}[args.study]
+    study = {"damle": damle, "robin": robin, "shenouda": shenouda, "minilm": minilm}[args.study]
     out = args.out if args.out is not None else Path("out") / args.study
     summary = study.run(out, quick=args.quick, overwrite=args.force, progress=sys.stderr.isatty())
     print(summary)

@@ -127,10 +127,16 @@ def _simcse_gradients(model: BertModel, batches: list[dict]) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         for batch in batches:
-            first, second = _sentence_embeddings(model, batch), _sentence_embeddings(model, batch)
-            similarity = first @ second.T / TEMPERATURE
-            F.cross_entropy(similarity, torch.arange(len(similarity), device=similarity.device)).backward()
+            simcse_loss(model, batch).backward()
     model.eval()
+
+
+def simcse_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The unsupervised SimCSE loss of one batch: two passes of ``model`` (in train mode, so
+    dropout differs), InfoNCE of the views' cosine similarities over :data:`TEMPERATURE`."""
+    first, second = _sentence_embeddings(model, batch), _sentence_embeddings(model, batch)
+    similarity = first @ second.T / TEMPERATURE
+    return F.cross_entropy(similarity, torch.arange(len(similarity), device=similarity.device))
 
 
 def _sentence_embeddings(model: BertModel, batch: dict) -> torch.Tensor:

@@ -158,7 +158,8 @@ class _Walk:
         signature = program.graph_signature
         self.constants = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
                           **signature.inputs_to_lifted_tensor_constants}
-        self.parent: list[int] = []
+        self.rows = 0  # codes handed out so far
+        self.edges: list[torch.Tensor] = []  # (n, 2) pairs of codes whose classes are joined
         self.calls: list[_Call] = []
         self.values: dict[torch.fx.Node, object] = {}
         self.consumers: list[tuple[str, torch.Tensor, int]] = []   # (path, column codes, position)
@@ -178,28 +179,31 @@ class _Walk:
         for position, node in enumerate(nodes):
             self._visit(node, position)
 
-    # -- union-find ----------------------------------------------------------------
-    def find(self, code: int) -> int:
-        parent = self.parent
-        while parent[code] != code:
-            parent[code] = parent[parent[code]]
-            code = parent[code]
-        return code
-
+    # -- classes -------------------------------------------------------------------
     def union_pairs(self, left: torch.Tensor, right: torch.Tensor) -> None:
         """Join the classes of ``left[i]`` and ``right[i]`` (codes ≥ 0) for every ``i``."""
         keep = (left >= 0) & (right >= 0) & (left != right)
-        if not keep.any():
-            return
-        pairs = torch.unique(torch.stack([left[keep], right[keep]], dim=1), dim=0).tolist()
-        for a, b in pairs:
-            a, b = self.find(a), self.find(b)
-            if a != b:
-                self.parent[max(a, b)] = min(a, b)
+        if keep.any():
+            keys = torch.unique((left[keep] << 31) | right[keep])  # codes stay below 2³¹
+            self.edges.append(torch.stack([keys >> 31, keys & (2**31 - 1)], dim=1))
+
+    def classes(self) -> np.ndarray:
+        """``root[code]``: the smallest code of each code's class (connected components of
+        the joined pairs)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        pairs = torch.cat(self.edges).numpy() if self.edges else np.zeros((0, 2), dtype=np.int64)
+        graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])),
+                           shape=(self.rows, self.rows))
+        _, labels = connected_components(graph, directed=False)
+        smallest = np.full(labels.max() + 1 if len(labels) else 0, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(smallest, labels, np.arange(self.rows, dtype=np.int64))
+        return smallest[labels]
 
     def new_rows(self, path: str, count: int, position: int) -> int:
-        first = len(self.parent)
-        self.parent.extend(range(first, first + count))
+        first = self.rows
+        self.rows += count
         self.calls.append(_Call(path, first, count, position))
         return first
 
@@ -618,13 +622,7 @@ class _Assembly:
     def __init__(self, walk: _Walk):
         self.walk = walk
         self.modules = walk.modules
-        parent = np.array(walk.parent, dtype=np.int64)
-        while True:  # full path compression
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-        self.root = parent
+        self.root = walk.classes()
         self.blocked: dict[int, str] = {}
         self._block_all()
 
