@@ -339,6 +339,8 @@ def group_lasso_keep(
         return solved[lam]
 
     low = 0.0  # λ → 0 keeps every live group
+    counts = {}  # active groups at the bracket's ends
+    moved = []  # which end each solve replaced
     lam = high * 0.5
     for _ in range(max_steps):
         result = solve(lam)
@@ -346,11 +348,15 @@ def group_lasso_keep(
         if active == keep:
             return result
         if active > keep:
-            low = lam
+            low, counts["low"] = lam, active
         else:
-            high = lam
-        lam = math.sqrt(low * high) if low > 0 else high * 0.1
-        if (low > 0 and high / low < 1 + 1e-9) or (low == 0 and lam < 1e-10 * top):
+            high, counts["high"] = lam, active
+        moved.append(active > keep)
+        stuck = len(moved) > 1 and moved[-1] == moved[-2]
+        lam = _next_lambda(low, high, counts, keep, bisect=stuck)
+        # within 2% in λ the active count moves with the solver's tolerance, not with λ:
+        # the truncation below takes over
+        if (low > 0 and high / low < 1.02) or (low == 0 and lam < 1e-10 * top):
             break
     problem_at = lambda lam_: _Problem(gram, cross, lam_, structure, energy)  # noqa: E731
     above = [r for lam_, r in sorted(solved.items()) if len(r.active) > keep]
@@ -376,6 +382,24 @@ def group_lasso_keep(
     return GroupLassoResult(M=M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
                             objective=objective, lam=best.lam, iterations=best.iterations,
                             converged=False)
+
+
+def _next_lambda(low: float, high: float, counts: dict, keep: int, bisect: bool) -> float:
+    """The next λ of the search for ``keep`` active groups in the bracket ``(low, high)``.
+
+    Without a lower end, a tenth of ``high``. Otherwise the active count is interpolated
+    linearly in ``(log λ, log count)`` between the ends (the count falls roughly like a
+    power of λ), kept within the middle 80% of the log bracket; a geometric bisection
+    when an end has no count yet or when the same end moved twice in a row (the
+    interpolation is then stuck on one side, as in regula falsi).
+    """
+    if low == 0:
+        return high * 0.1
+    if bisect or "high" not in counts or counts["high"] == 0:
+        return math.sqrt(low * high)
+    a, b = math.log(low), math.log(high)
+    fraction = (math.log(counts["low"]) - math.log(keep)) / (math.log(counts["low"]) - math.log(counts["high"]))
+    return math.exp(a + (b - a) * min(0.9, max(0.1, fraction)))
 
 
 # --------------------------------------------------------------------------------------
