@@ -23,7 +23,7 @@ def test_compress_json_report(trained_mlp7, capsys):
     assert report["params_after"] < report["params_before"]
     assert len(report["layers"]) == 7
     for layer in report["layers"]:
-        assert set(layer) == {"name", "kept", "total", "error", "sampled"} and not layer["sampled"]
+        assert set(layer) == {"name", "kind", "kept", "total", "error", "sampled"} and not layer["sampled"]
         assert layer["kept"] == -(-layer["total"] // 2)
     images, labels = fashion_mnist("test")
     assert report["accuracy_before"] == pytest.approx(accuracy(trained_mlp7, images, labels))

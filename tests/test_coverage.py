@@ -176,3 +176,19 @@ def test_a_compressed_causal_lm_still_generates():
     assert torch.equal(lossless.model.generate(prompt, max_new_tokens=6, do_sample=False), expected)
     small = netshrink.compress(model, batches, "group_lasso", keep=0.5).model
     assert small.generate(prompt, max_new_tokens=6, do_sample=False).shape == expected.shape
+
+
+@pytest.mark.parametrize("factory", [hf_models.bert, hf_models.gpt2, hf_models.llama])
+def test_every_method_runs_on_every_kind_it_has_a_meaning_for(factory):
+    model = _hf(factory)()
+    batches = hf_models.token_batches()
+    reference = hf_models.outputs(model, batches[0])
+    for method, options in [("random", {"keep": 0.5}), ("magnitude", {"keep": 0.5}), ("lowrank", {"keep": 0.5}),
+                            ("group_lasso", {"keep": 0.5}), ("interpolative", {"keep": {"neurons": 0.5}})]:
+        result = netshrink.compress(model, batches, method, **options)
+        assert result.params_after < result.params_before, method
+        assert hf_models.outputs(result.model, batches[0]).shape == reference.shape, method
+        kinds = {layer.kind for layer in result.layers}
+        assert kinds == ({"neurons"} if method == "interpolative" else {"neurons", "heads"}), method
+    lossless = netshrink.compress(model, batches, "lowrank", keep=1.0)
+    assert _relative(hf_models.outputs(lossless.model, batches[0]), reference) < TOLERANCE

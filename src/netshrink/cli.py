@@ -133,7 +133,8 @@ def _compress(args) -> int:
             "accuracy_after": accuracy_after,
             "seconds": seconds,
             "layers": [
-                {"name": l.name, "kept": l.kept, "total": l.total, "error": l.error, "sampled": l.sampled,
+                {"name": l.name, "kind": l.kind, "kept": l.kept, "total": l.total, "error": l.error,
+                 "sampled": l.sampled,
                  **({"details": l.details} if l.details else {})}
                 for l in result.layers
             ],

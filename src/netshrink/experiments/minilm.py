@@ -49,7 +49,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from netshrink.errors import DatasetNotFoundError

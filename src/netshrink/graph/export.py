@@ -44,6 +44,7 @@ import torch.fx
 from torch import nn
 
 from .. import batches
+from ..evaluate import model_device
 from ..layers import (companion_width, in_units, is_depthwise, is_layer, is_transposed_linear, out_units,
                       unsupported_reason)
 from .cuts import ONE_ROW, Cut, Heads, Skipped
@@ -76,7 +77,7 @@ def capture(model: nn.Module, example) -> torch.export.ExportedProgram:
         example = example[0] if example else None
     if not isinstance(example, (torch.Tensor, Mapping)):
         raise ExportFailed(f"the example is a {type(example).__name__}, not a tensor or a mapping of inputs")
-    example = batches.head(example, EXAMPLE_SAMPLES)
+    example = batches.to_device(batches.head(example, EXAMPLE_SAMPLES), model_device(model))
     if isinstance(example, Mapping):
         args, kwargs = (), dict(example)
         if "use_cache" in inspect.signature(model.forward).parameters and "use_cache" not in kwargs:
@@ -234,7 +235,7 @@ class _Walk:
             self._layer(node, name, position)
             return
         if name in _NORMS:
-            self._companion(node, position)
+            self._companion(node)
             return
         tracked = any(isinstance(a, torch.fx.Node) and self.values.get(a) is not None
                       for a in self._node_args(node))
@@ -262,7 +263,7 @@ class _Walk:
         elif name == "scaled_dot_product_attention":
             self._attention(node)
         else:
-            self._mix(node, f"{name}")
+            self._mix(node, name)
 
     def _node_args(self, node: torch.fx.Node) -> list:
         found = []
@@ -294,17 +295,17 @@ class _Walk:
 
     # -- layers ------------------------------------------------------------------------
     def _layer(self, node: torch.fx.Node, name: str, position: int) -> None:
-        if name == "addmm":
-            bias, source, weight = node.args[:3]
+        if name == "addmm":  # GPT-2's Conv1D: addmm(bias, x, weight)
+            source, weight = node.args[1], node.args[2]
         else:
             source, weight = node.args[0], node.args[1]
         path = self._module_path(node)
         module = self.modules.get(path)
         groups = node.args[6] if name == "conv2d" and len(node.args) > 6 else 1
         if name == "conv2d" and module is not None and is_depthwise(module) and groups == module.groups:
-            self._companion(node, position)
+            self._companion(node)
             return
-        reason = self._layer_problem(node, name, path, module, weight)
+        reason = self._layer_problem(name, path, module, weight)
         if reason is not None:
             if module is not None and is_layer(module):
                 self.unsupported.append((path, reason, position))
@@ -326,7 +327,8 @@ class _Walk:
         view[channel_dim] = count
         self.values[node] = rows.reshape(view).expand(shape).contiguous()
 
-    def _layer_problem(self, node, name, path, module, weight) -> str | None:
+    def _layer_problem(self, name, path, module, weight) -> str | None:
+        """Why this call cannot be a producer and consumer of units, or None."""
         if module is None or not _LAYERS[name](module):
             return f"{name} inside {type(module).__name__ if module is not None else 'the model'} is not a layer's own call"
         own = self.constants.get(weight.name) if isinstance(weight, torch.fx.Node) else None
@@ -336,7 +338,8 @@ class _Walk:
             return f"{path!r} is called more than once (shared weights)"
         return unsupported_reason(module)
 
-    def _companion(self, node: torch.fx.Node, position: int) -> None:
+    def _companion(self, node: torch.fx.Node) -> None:
+        """A BatchNorm or depthwise convolution: channel c of its output is channel c of its input."""
         path = self._module_path(node)
         module = self.modules.get(path)
         codes = self.codes(node.args[0])
@@ -364,6 +367,7 @@ class _Walk:
 
     # -- channelwise operations --------------------------------------------------------
     def _scalar_operand(self, node: torch.fx.Node) -> bool:
+        """True when an arithmetic operation has one tensor operand (``x * 0.5``)."""
         tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
         return len(tensors) == 1
 
@@ -384,7 +388,7 @@ class _Walk:
         operands = [a for a in node.args if isinstance(a, torch.fx.Node) and _shape(a) is not None]
         expanded = [self.materialize(a).expand(shape) for a in operands]
         tracked = [a for a in operands if self.values.get(a) is not None]
-        for arg, codes in zip(operands, expanded):
+        for arg in operands:
             if self.values.get(arg) is not None:
                 continue
             varying = _varying_dims(_shape(arg), shape)
@@ -472,7 +476,7 @@ class _Walk:
         if keepdim:
             for d in sorted(d % source.ndim for d in dims):
                 reduced = reduced.unsqueeze(d)
-        self._note_mixing(source, reduced, name)
+        self._note_mixing(reduced, name)
         value = node.meta.get("val")
         if isinstance(value, (tuple, list)):
             self.values[node] = tuple(reduced for _ in value)
@@ -484,7 +488,7 @@ class _Walk:
         source = self.materialize(node.args[0])
         dim = node.args[1] % source.ndim
         reduced = self._reduce(source, (dim,)).unsqueeze(dim).expand(source.shape).contiguous()
-        self._note_mixing(source, reduced, name)
+        self._note_mixing(reduced, name)
         self.values[node] = reduced
 
     def _normalize(self, node: torch.fx.Node, name: str) -> None:
@@ -495,7 +499,7 @@ class _Walk:
         for d in dims:
             reduced = reduced.unsqueeze(d)
         result = reduced.expand(source.shape).contiguous()
-        self._note_mixing(source, result, name.replace("_", ""))
+        self._note_mixing(result, name.replace("_", ""))
         value = node.meta.get("val")
         self.values[node] = tuple(result for _ in value) if isinstance(value, (tuple, list)) else result
 
@@ -504,7 +508,7 @@ class _Walk:
         spatial = 1 if name.endswith("1d") else 2
         dims = tuple(range(source.ndim - spatial, source.ndim))
         reduced = self._reduce(source, dims)
-        self._note_mixing(source, reduced, name)
+        self._note_mixing(reduced, name)
         value = node.meta.get("val")
         shape = tuple(value[0].shape) if isinstance(value, (tuple, list)) else _shape(node)
         for _ in dims:
@@ -572,7 +576,7 @@ class _Walk:
         elif isinstance(value, torch.Tensor):
             self.values[node] = torch.full(tuple(value.shape), code, dtype=torch.int64)
 
-    def _note_mixing(self, source: torch.Tensor, result: torch.Tensor, label: str) -> None:
+    def _note_mixing(self, result: torch.Tensor, label: str) -> None:
         derived = result[result <= -2]
         if len(derived):
             self.mixers.setdefault(int(-2 - derived[0]), label)
