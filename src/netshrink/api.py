@@ -105,15 +105,27 @@ class Compression:
         )
         return "\n".join(rows)
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, *, source: dict | None = None,
+             files: tuple = ()) -> Path:
         """Write the compressed model to the directory ``path``, atomically.
 
-        The directory holds ``model.safetensors`` (the new state dict) and
-        ``manifest.json`` (format, method, options, per-layer report and the new shape
-        of every rewritten module). No pickle is used. Rebuild with :func:`load` from a
-        freshly built instance of the original architecture. An existing ``path`` is
-        refused unless ``overwrite=True``.
+        The directory holds ``model.safetensors`` (the new state dict, each tied tensor
+        once) and ``manifest.json`` (format, method, options, per-layer report and the new
+        shape of every rewritten module). No pickle is used. Rebuild with :func:`load`.
+
+        Args:
+            overwrite: replace an existing ``path`` (refused otherwise).
+            source: the recipe of the original architecture
+                (:attr:`netshrink.sources.Source.recipe`); stored in the manifest so that
+                ``load(path)`` needs no original.
+            files: files copied into the directory (a tokenizer's).
+
+        A Hugging Face model whose ``config`` states every new width (see
+        :func:`config_states_widths`) also gets its ``config.json``: the directory then
+        loads with ``transformers``' ``from_pretrained`` as well.
         """
+        import shutil
+
         from .atomic import atomic_directory
 
         manifest = {
@@ -127,13 +139,34 @@ class Compression:
                         for path, original in self.original_shapes.items()},
             "attributes": self.attributes,
             "config": self.config,
+            **({"source": source} if source is not None else {}),
         }
         state, manifest["tied"] = _untied_state(self.model)
         with atomic_directory(path, overwrite=overwrite) as tmp:
-            save_file(state, os.path.join(tmp, WEIGHTS_FILE))
+            for file in files:
+                shutil.copy2(file, os.path.join(tmp, os.path.basename(file)))
+            save_file(state, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+            if config_states_widths(self.model):
+                self.model.config.to_json_file(os.path.join(tmp, "config.json"))
             with open(os.path.join(tmp, MANIFEST_FILE), "w") as handle:
                 json.dump(manifest, handle, indent=2)
         return Path(path)
+
+
+def config_states_widths(model: nn.Module) -> bool:
+    """Whether ``type(model)(model.config)`` has exactly ``model``'s parameter shapes: a
+    Hugging Face model whose config can state the compressed widths (built on the meta
+    device, so nothing is allocated)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_file"):
+        return False
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(copy.deepcopy(config))
+    except Exception:  # a constructor that cannot run on the meta device states nothing
+        return False
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return shapes == {name: tuple(t.shape) for name, t in fresh.state_dict().items()}
 
 
 def compress(
@@ -398,9 +431,11 @@ def _fit_size(model, method, size, options, attempt):
     return best[0], best[1], {**options, "lam": best_lam, "size": size}
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Rebuild a saved compression on a freshly built original ``model``.
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a saved compression, on a freshly built original ``model``.
 
+    Without ``model``, the architecture is rebuilt from the source recipe the manifest
+    carries (written by ``netshrink compress`` and by ``Compression.save(source=...)``).
     Returns a new module with the saved shapes and weights; ``model`` is not modified.
     """
     folder = Path(path)
@@ -416,6 +451,15 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             f"{manifest_path} has format {manifest.get('format')!r}; this netshrink reads "
             f"{', '.join(repr(f) for f in READABLE_FORMATS)}"
         )
+    if model is None:
+        if "source" not in manifest:
+            raise NetshrinkError(
+                f"{manifest_path} does not say how to rebuild the original architecture (it was saved "
+                "without source=); pass a freshly built original: load(path, model)"
+            )
+        from .sources import build_architecture
+
+        model = build_architecture(manifest["source"])
     rebuilt = copy.deepcopy(model)
     for module_path, entry in manifest["modules"].items():
         try:
