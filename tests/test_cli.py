@@ -17,9 +17,9 @@ def test_compress_json_report(trained_mlp7, capsys):
     status, out, _ = run(capsys, "compress", "mlp7", "--keep", "0.5", "--calibration-size", "1500", "--json")
     assert status == 0
     report = json.loads(out)
-    assert {"model", "method", "params_before", "params_after", "accuracy_before",
+    assert {"source", "method", "params_before", "params_after", "accuracy_before",
             "accuracy_after", "seconds", "layers"} <= report.keys()
-    assert report["model"] == "mlp7" and report["method"] == "interpolative"
+    assert report["source"] == "mlp7" and report["method"] == "interpolative"
     assert report["params_after"] < report["params_before"]
     assert len(report["layers"]) == 7
     for layer in report["layers"]:

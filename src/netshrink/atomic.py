@@ -9,6 +9,11 @@ An existing destination is never replaced unless the caller passes
 raised. With ``overwrite=True`` a file is replaced by one atomic ``os.replace``;
 a folder is first renamed aside, the new one renamed into place and only then the
 old one deleted (it is restored if the swap fails).
+
+A process killed outright (SIGKILL, power loss) cannot delete its temporary. Each
+temporary's name carries its writer's process id (``.NAME.PID.XXXX.tmp``), and the
+next write to the same destination deletes the temporaries of writers that are no
+longer running (:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from netshrink.errors import InvalidInputError, OutputExistsError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "remove_stale"]
 
 
 def _exists_error(path: Path) -> OutputExistsError:
@@ -40,6 +45,39 @@ def _check_parent(path: Path) -> None:
         raise InvalidInputError(
             f"cannot write {path}: the folder {parent} does not exist; create it first."
         )
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries left beside ``path`` by writers that were killed; return them."""
+    path = Path(path)
+    removed = []
+    for leftover in path.parent.glob(f".{_glob_escape(path.name)}.*.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -71,7 +109,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
         raise InvalidInputError(f"cannot write the file {path}: a folder of that name exists.")
     if path.exists() and not overwrite:
         raise _exists_error(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -140,7 +179,8 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     _check_parent(path)
     if path.exists() and not overwrite:
         raise _exists_error(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())

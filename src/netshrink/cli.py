@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from .errors import NetshrinkError, OutputExistsError
+from .errors import NetshrinkError
+from .experiments.runtime import plain
 from .graph import COUPLINGS
+from .job import DEFAULT_HELD_OUT, DEFAULT_ZOO_CALIBRATION
 from .methods import METHODS
 from .schedule import CHAININGS
-
-DEFAULT_CALIBRATION_SIZE = 5000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +34,16 @@ def _parser() -> argparse.ArgumentParser:
 
     compress = commands.add_parser(
         "compress",
-        help="compress a zoo model and report size and accuracy before/after",
-        description="Compress a zoo model on real Fashion-MNIST calibration images and "
-        "report parameters and test accuracy before and after.",
+        help="compress a model (zoo name, Hugging Face directory or module:factory) on calibration data",
+        description="Compress a model on calibration data and report its size and its fidelity to the "
+        "original on held-out samples (and accuracy when there are labels).",
+        epilog="SOURCE: a zoo name (mlp7, lenet5, ...; calibrated on Fashion-MNIST, evaluated on its test "
+        "set), a Hugging Face model directory (config.json + *.safetensors, loaded offline), or "
+        "package.module:factory, a callable returning the architecture, with --weights FILE.",
     )
-    compress.add_argument("model", metavar="MODEL", help="zoo name, e.g. mlp7")
+    compress.add_argument("source", metavar="SOURCE", help="zoo name, Hugging Face directory, or module:factory")
+    compress.add_argument("--weights", type=Path, help="module:factory only: .safetensors, or a .pt/.pth state "
+                          "dict (loaded with torch.load(weights_only=True); never a pickled model)")
     compress.add_argument("--method", default="interpolative", choices=sorted(METHODS),
                           help="compression method (default: %(default)s)")
     budget = compress.add_mutually_exclusive_group(required=True)
@@ -49,32 +53,58 @@ def _parser() -> argparse.ArgumentParser:
                         "layer's λ_max, in [0, 1] (0 is lossless on the calibration data); "
                         "multitask_lasso: the seed's absolute lam (e.g. 0.05, 0.5)")
     budget.add_argument("--keep", type=float, help="fraction of units kept per layer, in (0, 1]")
-    compress.add_argument("--no-debias", dest="debias", action="store_false", default=None,
-                          help="group_lasso: skip the least-squares refit on the kept units")
-    compress.add_argument("--solver", choices=["fista", "altmin", "prox_adam"],
-                          help="group_lasso: fista|altmin; multitask_lasso: fista|prox_adam (default: fista)")
-    compress.add_argument("--weighting", choices=["parameters", "uniform"],
-                          help="group_lasso with --lam: scale each layer's fraction by the parameters "
-                          "its units cost (parameters, the default) or not (uniform)")
-    compress.add_argument("--layer", help="compress only the inputs of this nn.Linear: first, pen, last "
-                          "(among the Linear layers in execution order) or a module path")
-    compress.add_argument("--mu", type=float, help="multitask_lasso with --solver prox_adam: Adam learning rate")
-    compress.add_argument("--max-seconds", type=float,
-                          help="multitask_lasso with --solver prox_adam: wall-time cap of the solver")
-    compress.add_argument("--warm-start", action="store_true", default=None,
-                          help="multitask_lasso: start the solver from the original weights")
-    compress.add_argument("--refit", action="store_true", default=None,
-                          help="magnitude: refit the consumers by least squares")
-    compress.add_argument("--chaining", default="top_down", choices=list(CHAININGS),
-                          help="order of fitting the layers (default: %(default)s)")
-    compress.add_argument("--coupling", default="joint", choices=list(COUPLINGS),
-                          help="residual streams: prune jointly or sample per reader (default: %(default)s)")
-    compress.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
-                          help="calibration images drawn from the training split (default: %(default)s)")
-    compress.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: %(default)s)")
-    compress.add_argument("--out", type=Path, help="save the compressed model to this directory")
-    compress.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    compress.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    budget.add_argument("--size", type=float, help="group_lasso: fraction of the model's parameters to keep")
+    compress.add_argument("--only", metavar="KINDS", help="compress only cuts of these kinds, e.g. neurons,heads "
+                          "(kinds: neurons, channels, heads)")
+    data = compress.add_argument_group("data")
+    data.add_argument("--calibration", type=Path, metavar="PATH", help=".npy/.npz/.safetensors arrays, a folder of "
+                      "PNG/JPEG images (class subfolders give labels), a text file (one sample per line) or .jsonl "
+                      "(default for zoo models: the Fashion-MNIST training split)")
+    data.add_argument("--labels", type=Path, help="class labels of the --calibration samples: .npy or a text file "
+                      "with one integer per line")
+    data.add_argument("--calibration-size", type=int, help="calibration samples drawn (default: every sample "
+                      f"not held out; {DEFAULT_ZOO_CALIBRATION} training images for zoo models)")
+    data.add_argument("--held-out", type=int, default=DEFAULT_HELD_OUT, help="samples of --calibration kept back "
+                      "for the evaluation, never fitted on (at most half; default: %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the draw (default: %(default)s)")
+    data.add_argument("--batch-size", type=int, help="calibration batch size (default: 64, 1000 for zoo models)")
+    data.add_argument("--image-size", type=_image_size, help="resize images to N or H,W")
+    data.add_argument("--mean", type=_floats, help="per-channel mean subtracted from images in [0, 1], e.g. "
+                      "0.485,0.456,0.406")
+    data.add_argument("--std", type=_floats, help="per-channel standard deviation images are divided by")
+    data.add_argument("--text-field", help=".jsonl: the field that holds the text (default: text)")
+    data.add_argument("--max-length", type=int, default=128, help="text: tokens per sample at most "
+                      "(default: %(default)s)")
+    tuning = compress.add_argument_group("method options")
+    tuning.add_argument("--no-debias", dest="debias", action="store_false", default=None,
+                        help="group_lasso: skip the least-squares refit on the kept units")
+    tuning.add_argument("--solver", choices=["fista", "altmin", "prox_adam"],
+                        help="group_lasso: fista|altmin; multitask_lasso: fista|prox_adam (default: fista)")
+    tuning.add_argument("--weighting", choices=["parameters", "uniform"],
+                        help="group_lasso with --lam: scale each layer's fraction by the parameters "
+                        "its units cost (parameters, the default) or not (uniform)")
+    tuning.add_argument("--layer", help="compress only the inputs of this nn.Linear: first, pen, last "
+                        "(among the Linear layers in execution order) or a module path")
+    tuning.add_argument("--mu", type=float, help="multitask_lasso with --solver prox_adam: Adam learning rate")
+    tuning.add_argument("--max-seconds", type=float,
+                        help="multitask_lasso with --solver prox_adam: wall-time cap of the solver")
+    tuning.add_argument("--warm-start", action="store_true", default=None,
+                        help="multitask_lasso: start the solver from the original weights")
+    tuning.add_argument("--refit", action="store_true", default=None,
+                        help="magnitude: refit the consumers by least squares")
+    tuning.add_argument("--chaining", default="top_down", choices=list(CHAININGS),
+                        help="order of fitting the layers (default: %(default)s)")
+    tuning.add_argument("--coupling", default="joint", choices=list(COUPLINGS),
+                        help="residual streams: prune jointly or sample per reader (default: %(default)s)")
+    output = compress.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="write the compressed model here: model.safetensors + "
+                        "manifest.json (+ config.json and tokenizer files for Hugging Face models)")
+    output.add_argument("--onnx", type=Path, metavar="FILE", help="export the compressed model to ONNX and "
+                        "check it with onnxruntime on held-out inputs")
+    output.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report (index.html + report.json)")
+    output.add_argument("--force", action="store_true", help="replace --out, --onnx and --report if they exist")
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
     compress.set_defaults(run=_compress)
 
     train = commands.add_parser("train", help="train a zoo model into the cache")
@@ -98,64 +128,67 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compress(args) -> int:
-    from . import compress, zoo
-    from .data import calibration_images, fashion_mnist
-    from .evaluate import accuracy
+    from .job import run
 
-    if args.out is not None and args.out.exists() and not args.force:
-        raise OutputExistsError(f"{args.out} already exists; pass --force to replace it")
-    progress = not args.json and sys.stderr.isatty()
-    model = zoo.load(args.model, progress=progress)
-    calibration = calibration_images(args.calibration_size, seed=args.seed)
-    test_images, test_labels = fashion_mnist("test")
-
-    start = time.perf_counter()
-    options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "debias": args.debias,
-               "solver": args.solver, "refit": args.refit, "mu": args.mu, "max_seconds": args.max_seconds,
-               "warm_start": args.warm_start, "weighting": args.weighting}
-    result = compress(model, calibration, method=args.method, chaining=args.chaining,
-                      coupling=args.coupling, layer=args.layer, progress=progress, **options)
-    seconds = time.perf_counter() - start
-    accuracy_before = accuracy(model, test_images, test_labels)
-    accuracy_after = accuracy(result.model, test_images, test_labels)
-    if args.out is not None:
-        result.save(args.out, overwrite=args.force)
-
+    record = run(args, progress=not (args.quiet or args.json))
     if args.json:
-        print(json.dumps({
-            "model": args.model,
-            "method": args.method,
-            "options": result.options,
-            "calibration_size": args.calibration_size,
-            "params_before": result.params_before,
-            "params_after": result.params_after,
-            "accuracy_before": accuracy_before,
-            "accuracy_after": accuracy_after,
-            "seconds": seconds,
-            "layers": [
-                {"name": l.name, "kind": l.kind, "kept": l.kept, "total": l.total, "error": l.error,
-                 "sampled": l.sampled,
-                 **({"details": l.details} if l.details else {})}
-                for l in result.layers
-            ],
-        }))
+        print(json.dumps(plain(record)))
         return 0
-    budget = ", ".join(f"{k}={v}" for k, v in result.options.items())
-    print(f"{args.model}: {args.method}, {budget}; "
-          f"{args.calibration_size} calibration images from the Fashion-MNIST training split, "
-          "accuracy on the 10,000 test images")
+    print(f"{record['source']}: {record['method']}, "
+          + ", ".join(f"{k}={v}" for k, v in record["options"].items()))
+    print(f"calibration: {record['calibration']}; evaluated on {record['held_out']}")
+    for note in record["notes"]:
+        print(f"note: {note}")
     print()
-    print(result.table())
-    for layer in result.layers:
-        if layer.sampled:
-            print(f"{layer.name}: {layer.consumers[0]} reads its {layer.kept} kept inputs of {layer.total} through "
-                  "a sampler (index_select); everything before it is unchanged")
+    print(_layer_table(record))
+    fidelity = record["fidelity"]
     print()
-    print(f"{'':<12} {'before':>12} {'after':>12}")
-    print(f"{'parameters':<12} {result.params_before:>12,} {result.params_after:>12,}")
-    print(f"{'accuracy':<12} {100 * accuracy_before:>11.2f}% {100 * accuracy_after:>11.2f}%")
-    print(f"compressed in {seconds:.2f} s" + (f"; saved to {args.out}" if args.out else ""))
+    print(f"{'':<24} {'before':>12} {'after':>12}")
+    print(f"{'parameters':<24} {record['params_before']:>12,} {record['params_after']:>12,}  "
+          f"({100 * record['ratio']:.1f}%)")
+    if "accuracy_before" in record:
+        print(f"{'accuracy':<24} {100 * record['accuracy_before']:>11.2f}% {100 * record['accuracy_after']:>11.2f}%")
+    print(f"{'relative output error':<24} {'':>12} {fidelity['relative_error']:>12.4g}")
+    print(f"{'output cosine':<24} {'':>12} {fidelity['cosine']:>12.5f}")
+    print(f"{'top-1 agreement':<24} {'':>12} {100 * fidelity['top1_agreement']:>11.2f}%")
+    if "onnx" in record:
+        onnx = record["onnx"]
+        print(f"{'ONNX bytes':<24} {onnx['onnx_bytes_before']:>12,} {onnx['onnx_bytes_after']:>12,}  "
+              f"(onnxruntime vs PyTorch: max relative difference {onnx['max_relative_difference']:.2g})")
+        print(f"{'safetensors bytes':<24} {onnx['safetensors_bytes_before']:>12,} {onnx['safetensors_bytes_after']:>12,}")
+    written = [record[key] for key in ("out", "report") if key in record] + (
+        [record["onnx"]["path"]] if "onnx" in record else [])
+    print(f"compressed in {record['seconds']:.2f} s" + (f"; wrote {', '.join(written)}" if written else ""))
     return 0
+
+
+def _layer_table(record: dict) -> str:
+    width = max([28, *(len(layer["name"]) + 10 for layer in record["layers"])])
+    rows = [f"{'layer':<{width}} {'kind':<8} {'kept':>6} {'total':>6} {'kept %':>7} {'error':>10}"]
+    for layer in record["layers"]:
+        name = layer["name"] + (" (sampler)" if layer["sampled"] else "")
+        rows.append(f"{name:<{width}} {layer['kind']:<8} {layer['kept']:>6} {layer['total']:>6} "
+                    f"{100 * layer['kept'] / layer['total']:>6.1f}% {layer['error']:>10.4g}")
+    for skipped in record["skipped"]:
+        rows.append(f"{skipped['module']:<{width}} not cut: {skipped['reason']}")
+    return "\n".join(rows)
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size takes N or H,W in pixels, got {text!r}") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--image-size takes N or H,W in pixels, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; got {text!r}") from None
 
 
 def _train(args) -> int:
