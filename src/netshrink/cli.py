@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except NetshrinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every output is complete or absent; the inputs are untouched", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 def _compress(args) -> int:
     from .job import run
 
-    record = run(args, progress=not (args.quiet or args.json))
+    record, _ = run(args, progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(plain(record)))
         return 0

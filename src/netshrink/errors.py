@@ -34,3 +34,7 @@ class UnknownModelError(NetshrinkError, KeyError):
 
 class OutputExistsError(NetshrinkError, FileExistsError):
     """An output path already exists and overwriting was not requested."""
+
+
+class MissingDependencyError(NetshrinkError, ImportError):
+    """An optional package that this feature needs is not installed."""

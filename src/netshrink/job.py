@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import batches as batching
+from .api import Compression
 from .errors import InvalidInputError, OutputExistsError
 
 #: Held-out samples kept back from a ``--calibration`` file (at most half of it).
@@ -38,9 +39,9 @@ DEFAULT_FILE_BATCH = 64
 DEFAULT_ZOO_CALIBRATION = 5000
 
 
-def run(args, progress: bool) -> dict:
+def run(args, progress: bool) -> tuple[dict, Compression]:
     """Run the job described by the parsed command line ``args``; return its record (the
-    ``--json`` output)."""
+    ``--json`` output) and the compression."""
     from . import compress
     from .fidelity import compare
     from .sources import load_source
@@ -79,7 +80,7 @@ def run(args, progress: bool) -> dict:
         if args.onnx is not None:
             record["onnx"] = _onnx(source.model, result.model, data, Path(scratch), progress)
         _write(args, source, result, record, Path(scratch))
-    return record
+    return record, result
 
 
 # --------------------------------------------------------------------------------------
