@@ -179,3 +179,22 @@ def test_huggingface_directory_with_a_text_file(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "heads" / "config.json").exists()  # BERT's config cannot state fewer heads
     rebuilt = netshrink.load(tmp_path / "heads")
     assert rebuilt.encoder.layer[0].attention.self.num_attention_heads == 2
+
+
+def test_bench_of_an_original_and_its_compression(usernet, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_file(usernet.mlp().state_dict(), tmp_path / "mlp.safetensors")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((200, 12)).astype(np.float32))
+    assert main(["compress", "usernet:mlp", "--weights", "mlp.safetensors", "--calibration", "x.npy",
+                 "--keep", "0.25", "--out", "small", "--quiet", "--json"]) == 0
+    compressed = json.loads(capsys.readouterr().out)
+    assert main(["bench", "usernet:mlp", "small", "--weights", "mlp.safetensors", "--calibration", "x.npy",
+                 "--repeats", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["param_ratio"] == pytest.approx(compressed["ratio"])
+    rows = {(row["runtime"], row["batch"]) for row in result["rows"]}
+    assert rows == {("pytorch", 1), ("pytorch", 64), ("onnxruntime", 1), ("onnxruntime", 64)}
+    assert all(row["original_ms"] > 0 and row["compressed_ms"] > 0 for row in result["rows"])
+    np.save(tmp_path / "few.npy", np.zeros((10, 12), np.float32))
+    assert main(["bench", "usernet:mlp", "small", "--weights", "mlp.safetensors", "--calibration", "few.npy"]) == 2
+    assert "needs 64" in capsys.readouterr().err

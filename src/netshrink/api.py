@@ -267,7 +267,7 @@ def compress(
     if size is None:
         shrunk, decisions = attempt(options)
     else:
-        shrunk, decisions, options = _fit_size(model, method, size, options, attempt)
+        shrunk, decisions, options = _fit_size(model, method, size, options, attempt, progress)
     _check_runs(shrunk, example)
     reports = [
         LayerReport(
@@ -400,7 +400,7 @@ def _strategy(method, options: dict) -> Method:
     return method
 
 
-def _fit_size(model, method, size, options, attempt):
+def _fit_size(model, method, size, options, attempt, progress: bool):
     """The largest group-lasso compression with at most ``size`` of the parameters.
 
     Bisection on the relative λ (the number of parameters falls as λ grows), 12 steps
@@ -421,7 +421,12 @@ def _fit_size(model, method, size, options, attempt):
             "of the parameters (layers outside the cuts and the last layer are never shrunk)"
         )
     best_lam = high
-    for _ in range(12):
+    steps = range(12)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"λ search for size={size:g}", unit="compression", leave=False)
+    for _ in steps:
         middle = (low * high) ** 0.5
         shrunk, decisions = attempt({**options, "lam": middle})
         if count_parameters(shrunk) <= size * total:

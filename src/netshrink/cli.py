@@ -110,6 +110,27 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     compress.set_defaults(run=_compress)
 
+    bench = commands.add_parser(
+        "bench", help="serving latency and peak memory of an original and its compression",
+        description="Batch-1 and batch-64 latency (median of repeats after warm-up, fixed threads) and peak "
+        "memory of ORIGINAL and COMPRESSED, in PyTorch and in onnxruntime, against the parameter ratio.")
+    bench.add_argument("original", metavar="ORIGINAL", help="the SOURCE that was compressed (zoo name, Hugging "
+                       "Face directory, module:factory)")
+    bench.add_argument("compressed", metavar="COMPRESSED", type=Path, help="the folder `compress --out` wrote")
+    bench.add_argument("--weights", type=Path, help="module:factory only: the original's weights")
+    bench.add_argument("--calibration", type=Path, metavar="PATH", help="inputs to time on, as for compress "
+                       "(default for zoo models: Fashion-MNIST test images)")
+    bench.add_argument("--image-size", type=_image_size, help="resize images to N or H,W")
+    bench.add_argument("--mean", type=_floats, help="per-channel mean of images")
+    bench.add_argument("--std", type=_floats, help="per-channel standard deviation of images")
+    bench.add_argument("--text-field", help=".jsonl: the field that holds the text")
+    bench.add_argument("--max-length", type=int, default=128, help="text: tokens per sample at most")
+    bench.add_argument("--threads", type=int, default=1, help="threads of both runtimes (default: %(default)s)")
+    bench.add_argument("--repeats", type=int, default=50, help="timed calls per measurement (default: %(default)s)")
+    bench.add_argument("--no-onnx", dest="onnx", action="store_false", help="PyTorch only")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.set_defaults(run=_bench)
+
     train = commands.add_parser("train", help="train a zoo model into the cache")
     train.add_argument("model", metavar="MODEL")
     train.add_argument("--force", action="store_true", help="retrain even if cached")
@@ -192,6 +213,43 @@ def _floats(text: str) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; got {text!r}") from None
+
+
+def _bench(args) -> int:
+    from . import load
+    from .batches import head
+    from .bench import bench, table
+    from .sources import build_architecture, load_source
+
+    progress = not args.json
+    source = load_source(args.original, args.weights, progress=progress)
+    compressed = load(args.compressed, build_architecture(source.recipe)).eval()
+    batch64 = _bench_inputs(args, source)
+    result = bench(source.model, compressed, head(batch64, 1), batch64, threads=args.threads,
+                   repeats=args.repeats, warmup=max(1, args.repeats // 5), onnx=args.onnx)
+    print(json.dumps(plain({"original": args.original, "compressed": str(args.compressed), **result}))
+          if args.json else table(result))
+    return 0
+
+
+def _bench_inputs(args, source):
+    """64 samples to time on: the zoo's test images, or the first 64 of ``--calibration``."""
+    import torch
+
+    from .data.files import batches
+    from .job import load_samples
+
+    if args.calibration is None:
+        if source.kind != "zoo":
+            raise NetshrinkError(f"{args.original} is not a zoo model: pass --calibration PATH with inputs to time on")
+        from .data import fashion_mnist
+
+        return fashion_mnist("test")[0][:64]
+    samples = load_samples(args)
+    indices = torch.arange(len(samples))[:64]
+    if len(indices) < 64:
+        raise NetshrinkError(f"{args.calibration} has {len(samples)} samples; batch-64 timing needs 64")
+    return batches(samples, indices, 64, tokenizer=source.tokenizer, max_length=args.max_length)[0]
 
 
 def _train(args) -> int:

@@ -100,7 +100,7 @@ def _check_outputs(args) -> None:
 
 def _data(args, source) -> dict:
     """Calibration batches, held-out batches and labels, with descriptions."""
-    from .data.files import batches, load_calibration, load_labels, split
+    from .data.files import batches, load_labels, split
 
     if args.calibration is None:
         if source.kind != "zoo":
@@ -108,10 +108,7 @@ def _data(args, source) -> dict:
                                     "--calibration PATH (.npy/.npz/.safetensors, an image folder, a text or "
                                     ".jsonl file)")
         return _zoo_data(args)
-    image_options = {"image_size": args.image_size, "mean": args.mean, "std": args.std}
-    samples = load_calibration(args.calibration, text_field=args.text_field,
-                               **({k: v for k, v in image_options.items() if v is not None}
-                                  if args.calibration.is_dir() else image_options))
+    samples = load_samples(args)
     labels = samples.labels
     if args.labels is not None:
         labels = load_labels(args.labels, len(samples))
@@ -128,6 +125,17 @@ def _data(args, source) -> dict:
             "calibration_size": len(calibration),
             "description": f"{len(calibration)} samples of {args.calibration} ({samples.kind}, seed {args.seed})",
             "held_out_description": f"{len(held_out)} other samples of {args.calibration}"}
+
+
+def load_samples(args):
+    """The samples of ``--calibration`` with the image and text options of ``args``
+    (image options given for a file are an error the loader explains)."""
+    from .data.files import load_calibration
+
+    image_options = {"image_size": args.image_size, "mean": args.mean, "std": args.std}
+    if args.calibration.is_dir():
+        image_options = {k: v for k, v in image_options.items() if v is not None}
+    return load_calibration(args.calibration, text_field=args.text_field, **image_options)
 
 
 def _zoo_data(args) -> dict:
