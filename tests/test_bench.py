@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -13,25 +12,27 @@ from netshrink.bench import BenchRow, bench, latency_ms, table
 from netshrink.errors import InvalidInputError
 
 
-def test_latency_is_the_median_after_warmup():
-    calls = []
+class ScriptedClock:
+    """A clock that advances only when the timed function says so: exact, whatever the load."""
 
-    def sleep():
-        calls.append(None)
-        time.sleep(0.01)
+    def __init__(self):
+        self.now = 0.0
 
-    ms = latency_ms(sleep, repeats=5, warmup=2)
-    assert len(calls) == 7
-    assert 9.5 <= ms < 60  # a busy machine oversleeps, it never undersleeps
+    def __call__(self):
+        return self.now
 
 
-def test_latency_ignores_slow_warmup_and_outliers():
-    delays = iter([0.05, 0.001, 0.001, 0.05, 0.001])
+def test_latency_is_the_median_after_warmup(monkeypatch):
+    clock = ScriptedClock()
+    monkeypatch.setattr("netshrink.bench.time.perf_counter", clock)
+    durations = iter([5.0, 5.0, 0.003, 0.001, 0.050, 0.002, 0.004])  # two slow warm-up calls, then 5 timed
 
     def step():
-        time.sleep(next(delays))
+        clock.now += next(durations)
 
-    assert latency_ms(step, repeats=4, warmup=1) < 30  # median of 1, 1, 50, 1 ms
+    assert latency_ms(step, repeats=5, warmup=2) == pytest.approx(3.0)  # median of 3, 1, 50, 2, 4 ms
+    with pytest.raises(StopIteration):
+        step()  # exactly 7 calls were made
 
 
 @pytest.mark.parametrize("repeats, warmup", [(0, 1), (3, -1), (2.5, 1)])
