@@ -62,7 +62,6 @@ def test_quick_run_writes_every_file(quick_run, record_property):
 
     out, summary, seconds, data = quick_run
     record_property("quick_run_seconds", round(seconds, 1))
-    assert seconds < 180, f"quick reproduction took {seconds:.0f} s (budget 3 minutes)"
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     assert not list(out.parent.glob(".robin.*")), "temporary folder left behind"
     assert (out / "summary.md").read_text(encoding="utf-8") == summary
