@@ -30,19 +30,19 @@ def big():
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    (tmp_path / "usernet.py").write_text(textwrap.dedent(USERNET))
+    (tmp_path / "safetynet.py").write_text(textwrap.dedent(USERNET))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    import usernet
+    import safetynet
 
     torch.manual_seed(0)
-    save_file(usernet.mlp().state_dict(), tmp_path / "mlp.safetensors")
+    save_file(safetynet.mlp().state_dict(), tmp_path / "mlp.safetensors")
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((80, 12)).astype(np.float32))
     return tmp_path
 
 
 def _error(capsys, *argv):
-    status = main(["compress", "usernet:mlp", "--weights", "mlp.safetensors", "--keep", "0.5", "--quiet", *argv])
+    status = main(["compress", "safetynet:mlp", "--weights", "mlp.safetensors", "--keep", "0.5", "--quiet", *argv])
     assert status == 2
     return capsys.readouterr().err
 
@@ -81,33 +81,53 @@ def _digest(paths):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
-def _start(workdir):
+COMMAND = ["compress", "safetynet:big", "--weights", "big.safetensors", "--calibration", "big.npy", "--held-out",
+           "20", "--method", "magnitude", "--keep", "0.9", "--out", "out", "--quiet"]
+
+# The same command, held inside the write: after the weights are in the temporary folder and
+# before the manifest and the rename, it signals the test (a file) and waits to be killed.
+HELD_IN_THE_WRITE = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background
+import netshrink.api as api
+write = api.save_file
+def held(*args, **kwargs):
+    write(*args, **kwargs)
+    pathlib.Path("weights-written").touch()
+    time.sleep(600)
+api.save_file = held
+from netshrink.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start(workdir, held: bool):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), *sys.path]), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "netshrink", "compress", "usernet:big", "--weights", "big.safetensors",
-         "--calibration", "big.npy", "--held-out", "20", "--method", "magnitude", "--keep", "0.9",
-         "--out", "out", "--quiet"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launcher = ["-c", HELD_IN_THE_WRITE] if held else ["-m", "netshrink"]
+    return subprocess.Popen([sys.executable, *launcher, *COMMAND], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_mid_write_leaves_no_output_and_inputs_untouched(tmp_path, sig):
-    (tmp_path / "usernet.py").write_text(textwrap.dedent(USERNET))
+    (tmp_path / "safetynet.py").write_text(textwrap.dedent(USERNET))
     sys.path.insert(0, str(tmp_path))
     try:
-        import usernet
+        import safetynet
     finally:
         sys.path.remove(str(tmp_path))
-    save_file(usernet.big().state_dict(), tmp_path / "big.safetensors")
+    save_file(safetynet.big().state_dict(), tmp_path / "big.safetensors")
     np.save(tmp_path / "big.npy", np.random.default_rng(0).standard_normal((60, 64)).astype(np.float32))
-    inputs = [tmp_path / "big.safetensors", tmp_path / "big.npy", tmp_path / "usernet.py"]
+    inputs = [tmp_path / "big.safetensors", tmp_path / "big.npy", tmp_path / "safetynet.py"]
     before = _digest(inputs)
 
-    process = _start(tmp_path)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob(".out.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+    process = _start(tmp_path, held=True)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "weights-written").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-    process.send_signal(sig)  # the output folder is being written
+    assert list(tmp_path.glob(".out.*.tmp"))  # the output folder is being written
+    process.send_signal(sig)
     process.communicate(timeout=120)
     assert not (tmp_path / "out").exists()
     assert _digest(inputs) == before
@@ -115,7 +135,7 @@ def test_interrupted_mid_write_leaves_no_output_and_inputs_untouched(tmp_path, s
         assert not list(tmp_path.glob(".out.*"))
     else:
         assert list(tmp_path.glob(".out.*.tmp"))  # SIGKILL cannot clean up ...
-    finished = _start(tmp_path)  # ... the next write to the same place does
+    finished = _start(tmp_path, held=False)  # ... the next write to the same place does
     _, err = finished.communicate(timeout=600)
     assert finished.returncode == 0, err.decode()[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.safetensors"]

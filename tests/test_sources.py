@@ -29,14 +29,14 @@ number = 3
 
 @pytest.fixture
 def package(tmp_path, monkeypatch):
-    (tmp_path / "usernet.py").write_text(textwrap.dedent(FACTORY))
+    (tmp_path / "factorynet.py").write_text(textwrap.dedent(FACTORY))
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
 
 def _trained(package):
     torch.manual_seed(0)
-    from usernet import build
+    from factorynet import build
 
     return build()
 
@@ -47,8 +47,8 @@ def test_factory_with_safetensors_and_state_dict_pt(package):
     torch.save(trained.state_dict(), package / "w.pt")
     x = torch.randn(5, 8)
     for name in ("w.safetensors", "w.pt"):
-        source = load_source("usernet:build", package / name)
-        assert source.kind == "factory" and source.recipe == {"kind": "factory", "factory": "usernet:build"}
+        source = load_source("factorynet:build", package / name)
+        assert source.kind == "factory" and source.recipe == {"kind": "factory", "factory": "factorynet:build"}
         torch.testing.assert_close(source.model(x), trained(x), rtol=0, atol=0)
     rebuilt = build_architecture(source.recipe)
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in trained.parameters()]
@@ -57,38 +57,38 @@ def test_factory_with_safetensors_and_state_dict_pt(package):
 def test_pickled_model_is_refused(package):
     torch.save(_trained(package), package / "whole.pt")
     with pytest.raises(InvalidInputError, match="needs pickle.*netshrink never unpickles.*state_dict"):
-        load_source("usernet:build", package / "whole.pt")
+        load_source("factorynet:build", package / "whole.pt")
 
 
 def test_missing_and_corrupt_weights(package):
     with pytest.raises(InvalidInputError, match="does not exist"):
-        load_source("usernet:build", package / "nothing.safetensors")
+        load_source("factorynet:build", package / "nothing.safetensors")
     (package / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(InvalidInputError, match="not a readable safetensors file.*corrupt"):
-        load_source("usernet:build", package / "bad.safetensors")
+        load_source("factorynet:build", package / "bad.safetensors")
     (package / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(InvalidInputError, match="bad.pt"):
-        load_source("usernet:build", package / "bad.pt")
+        load_source("factorynet:build", package / "bad.pt")
     (package / "w.bin").write_bytes(b"")
     with pytest.raises(InvalidInputError, match="suffix '.bin'"):
-        load_source("usernet:build", package / "w.bin")
+        load_source("factorynet:build", package / "w.bin")
 
 
 def test_weights_that_do_not_fit(package):
     save_file(_trained(package).state_dict(), package / "w.safetensors")
-    with pytest.raises(InvalidInputError, match="do not fit the architecture usernet:wider.*size mismatch"):
-        load_source("usernet:wider", package / "w.safetensors")
+    with pytest.raises(InvalidInputError, match="do not fit the architecture factorynet:wider.*size mismatch"):
+        load_source("factorynet:wider", package / "w.safetensors")
 
 
 def test_bad_factories(package):
     with pytest.raises(InvalidInputError, match="not a callable"):
-        load_source("usernet:number")
+        load_source("factorynet:number")
     with pytest.raises(InvalidInputError, match="not a callable"):
-        load_source("usernet:model_instance")
+        load_source("factorynet:model_instance")
     with pytest.raises(InvalidInputError, match=r"returned a dict, not a torch.nn.Module"):
-        load_source("usernet:not_a_model")
+        load_source("factorynet:not_a_model")
     with pytest.raises(InvalidInputError, match="has no attribute 'missing'"):
-        load_source("usernet:missing")
+        load_source("factorynet:missing")
     with pytest.raises(InvalidInputError, match="cannot import 'nosuchmodule_xyz'"):
         load_source("nosuchmodule_xyz:build")
 
