@@ -51,7 +51,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -88,18 +87,13 @@ import scipy.linalg.interpolative as sli  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT.parent / "src"))
+from netshrink.bench import latency_ms  # noqa: E402
 from netshrink.linalg import cpqr, interpolative_decomposition  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up call."""
+    return latency_ms(fn, repeats, warmup=1) / 1e3
 
 
 def spectral_norm(X: np.ndarray) -> float:
