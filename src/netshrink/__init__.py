@@ -11,7 +11,8 @@ function::
     small = netshrink.load("out", build_original_architecture())
 """
 
+from .activation_cache import CacheOptions
 from .api import Compression, LayerReport, compress, count_parameters, load
 
 __version__ = "0.1.0"
-__all__ = ["Compression", "LayerReport", "compress", "count_parameters", "load"]
+__all__ = ["CacheOptions", "Compression", "LayerReport", "compress", "count_parameters", "load"]

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import batches
+from .activation_cache import CacheOptions
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, require_cuts, select_cuts
@@ -180,6 +181,7 @@ def compress(
     layer: str | None = None,
     batch_size: int = 1000,
     progress: bool = False,
+    cache: CacheOptions | None = None,
     **options,
 ) -> Compression:
     """Shrink ``model`` by removing neurons and channels, reconstructing each consumer layer.
@@ -234,6 +236,10 @@ def compress(
             ones are served by a sampler (:func:`netshrink.graph.input_cut`).
         batch_size: batch size when ``calibration`` is a tensor.
         progress: show progress bars.
+        cache: how top-down chaining stores the activations it propagates from block to
+            block (:class:`~netshrink.activation_cache.CacheOptions`: storage dtype,
+            bytes held in memory before spilling to memory-mapped files — 2 GiB by
+            default — and the folder for those files).
 
     Returns:
         A :class:`Compression` with the new model, per-layer report and sizes.
@@ -262,7 +268,8 @@ def compress(
         shrunk = copy.deepcopy(model)
         strategy = _strategy(method, method_options)
         strategy.prepare(model, cuts)
-        return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress)
+        return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress,
+                                    cache=cache)
 
     if size is None:
         shrunk, decisions = attempt(options)

@@ -204,6 +204,7 @@ def observe(
     make_statistic: Callable[[Cut, list[nn.Module]], object],
     progress: bool = False,
     reference: nn.Module | None = None,
+    feed=None,
 ) -> dict[str, object]:
     """Run ``calibration`` through ``model`` once and accumulate one statistic per cut.
 
@@ -217,6 +218,11 @@ def observe(
     For a keyword batch with an ``attention_mask: (B, T)``, a consumer input of shape
     ``(B, T, d)`` contributes only the rows of real tokens: padding never enters a
     statistic.
+
+    ``feed`` replaces the calibration passes (sequential propagation runs a few stages
+    from cached activations instead of whole forward passes): an iterable of
+    ``(mask, run)`` pairs, ``run(m)`` running the pass on ``model`` or ``reference``
+    and ``mask`` that pass's row mask (or None).
     """
     modules = dict(model.named_modules())
     statistics = {
@@ -270,20 +276,19 @@ def observe(
         m.eval()
     try:
         with torch.inference_mode():
-            stream = calibration
+            stream = feed if feed is not None else _passes(calibration, device)
             if progress:
                 from tqdm.auto import tqdm
 
-                stream = tqdm(calibration, desc="observe", unit="batch", leave=False)
-            for index, batch in enumerate(stream):
-                batch = batches.to_device(batch, device)
-                current["mask"] = batches.row_mask(batch)
+                stream = tqdm(stream, desc="observe", unit="batch", leave=False)
+            for mask, run in stream:
+                current["mask"] = mask
                 if reference is not None:
                     originals.clear()
                     reference_pending.update(paths)
-                    _run_until_observed(reference, batch, index, reference_pending)
+                    _run_until_observed(run, reference, reference_pending)
                 pending.update(paths)
-                _run_until_observed(model, batch, index, pending)
+                _run_until_observed(run, model, pending)
     finally:
         for handle in handles:
             handle.remove()
@@ -300,9 +305,16 @@ def counted_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x[mask.to(x.device)]
 
 
-def _run_until_observed(model: nn.Module, batch, index: int, pending: set[str]) -> None:
+def _passes(calibration: Calibration, device: torch.device):
+    """``(mask, run)`` for every calibration batch (see :func:`observe`'s ``feed``)."""
+    for index, batch in enumerate(calibration):
+        batch = batches.to_device(batch, device)
+        yield batches.row_mask(batch), lambda m, batch=batch, index=index: run_batch(m, batch, index)
+
+
+def _run_until_observed(run, model: nn.Module, pending: set[str]) -> None:
     try:
-        run_batch(model, batch, index)
+        run(model)
     except _AllObserved:
         return
     raise InvalidInputError(

@@ -17,15 +17,16 @@ network and ``A_k`` in the network being compressed:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from torch import nn
 
+from .activation_cache import CacheOptions
 from .errors import InvalidInputError
 from .graph import Cut
 from .methods import Decision, Method
 from .observe import Calibration, observe
+from .propagate import cut_progress, top_down
 from .rewrite import apply_decision, layer_at, remove_units, rewrite_inputs
 
 CHAININGS = ("top_down", "parallel", "bottom_up")
@@ -38,19 +39,23 @@ def run_schedule(
     method: Method,
     chaining: str = "top_down",
     progress: bool = False,
+    cache: CacheOptions | None = None,
 ) -> list[tuple[Cut, Decision]]:
     """Compress ``model`` in place at every cut; returns the decisions in cut order.
+
+    Top-down chaining propagates the calibration activations block by block
+    (:mod:`netshrink.propagate`; ``cache`` says how they are stored).
 
     ``model`` must be the caller's private copy: it is rewritten as the schedule goes.
     """
     if chaining not in CHAININGS:
         raise InvalidInputError(f"unknown chaining {chaining!r}; use one of {', '.join(CHAININGS)}")
     if chaining == "top_down":
-        return _top_down(model, cuts, calibration, method, progress)
+        return top_down(model, cuts, calibration, method, progress, cache)
     statistics = observe(model, cuts, calibration, method.statistic, progress=progress)
     order = list(cuts) if chaining == "parallel" else list(reversed(cuts))
     decisions: dict[str, Decision] = {}
-    for cut in _progress(order, progress):
+    for cut in cut_progress(order, progress):
         decisions[cut.name] = method.decide(cut, statistics.pop(cut.name), *_layers(model, cut))
         if chaining == "bottom_up":
             apply_decision(model, cut, decisions[cut.name])
@@ -62,26 +67,6 @@ def run_schedule(
     return [(cut, decisions[cut.name]) for cut in cuts]
 
 
-def _top_down(model, cuts, calibration, method, progress):
-    reference = copy.deepcopy(model) if method.needs_reference else None
-    decisions = []
-    for position, cut in enumerate(_progress(cuts, progress)):
-        statistic = observe(model, [cut], calibration, method.statistic,
-                            reference=reference if position > 0 else None)[cut.name]
-        decision = method.decide(cut, statistic, *_layers(model, cut))
-        apply_decision(model, cut, decision)
-        decisions.append((cut, decision))
-    return decisions
-
-
 def _layers(model: nn.Module, cut: Cut) -> tuple[list[nn.Module], list[nn.Module]]:
     """The cut's current consumer and producer layers."""
     return [layer_at(model, p) for p in cut.consumers], [layer_at(model, p) for p in cut.producers]
-
-
-def _progress(cuts: Sequence[Cut], enabled: bool):
-    if not enabled:
-        return cuts
-    from tqdm.auto import tqdm
-
-    return tqdm(cuts, desc="compress", unit="layer", leave=False)
