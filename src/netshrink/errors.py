@@ -38,3 +38,7 @@ class OutputExistsError(NetshrinkError, FileExistsError):
 
 class MissingDependencyError(NetshrinkError, ImportError):
     """An optional package that this feature needs is not installed."""
+
+
+class DistributedError(NetshrinkError, RuntimeError):
+    """The ranks of a process group disagree, or a collective failed (a rank stopped or timed out)."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import batches
+from .distributed import all_reduce_statistics
 from .errors import InvalidInputError
 from .evaluate import model_device
 from .graph import Cut
@@ -121,6 +122,14 @@ class RFactor:
             self._reduce()
         return self._r / self.count**0.5
 
+    def all_reduce(self, ranks) -> None:
+        """Merge the R factors of every rank's rows (TSQR, :meth:`netshrink.distributed.Ranks.merged_r`):
+        afterwards this is the R factor of the union of the ranks' rows."""
+        if self._pending:
+            self._reduce()
+        (self.count,) = ranks.sum_counts([self.count])
+        self._r = ranks.merged_r(self._r, self.width)[: min(self.count, self.width)]
+
 
 class GramStatistic:
     """Second moments of each consumer's input rows, in float64 (Robin §2.4, §2.7).
@@ -192,6 +201,16 @@ class GramStatistic:
             return mean, mean
         return mean, self._reference_sum[index] / self.count[index]
 
+    def all_reduce(self, ranks) -> None:
+        """Sum the float64 sums and the counts over the ranks (:class:`netshrink.distributed.Ranks`):
+        afterwards this holds the statistics of the union of the ranks' rows. Only before
+        any :meth:`result` (the sums are still sums)."""
+        if any(self._averaged):
+            raise InvalidInputError("the statistics were already read; they are summed over the ranks before that")
+        self.count = ranks.sum_counts(self.count)
+        for sums in (self._gram, self._cross, self._reference, self._sum, self._reference_sum):
+            sums[:] = ranks.sum(sums)
+
 
 def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
     return term if total is None else total.add_(term)
@@ -223,6 +242,10 @@ def observe(
     from cached activations instead of whole forward passes): an iterable of
     ``(mask, run)`` pairs, ``run(m)`` running the pass on ``model`` or ``reference``
     and ``mask`` that pass's row mask (or None).
+
+    In a process group of world size > 1 each rank observes its own shard and the
+    statistics are summed over the ranks before they are returned
+    (:func:`netshrink.distributed.all_reduce_statistics`).
     """
     modules = dict(model.named_modules())
     statistics = {
@@ -294,6 +317,7 @@ def observe(
             handle.remove()
         for m, flag in zip(models, flags):
             m.train(flag)
+    all_reduce_statistics(statistics)  # in a process group: the statistics of every rank's shard
     return statistics
 
 

@@ -66,6 +66,10 @@ class UnitRows:
     def update(self, index: int, current: torch.Tensor, original: torch.Tensor | None = None) -> None:
         self.r_factor.update(unit_rows(current, self.consumers[index], self.width))
 
+    def all_reduce(self, ranks) -> None:
+        """Merge the ranks' R factors (see :meth:`netshrink.observe.RFactor.all_reduce`)."""
+        self.r_factor.all_reduce(ranks)
+
 
 class Interpolative(Method):
     """``method="interpolative"``: keep ``k`` units chosen by pivoted QR, fold ``T``."""
