@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import batches
+from . import batches, distributed
 from .activation_cache import CacheOptions
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
@@ -251,6 +251,9 @@ def compress(
         _strategy(method, options)  # bad options fail before any work
     data = Calibration(calibration, batch_size=batch_size)
     example = data.first()
+    distributed.check_same_job(model, example, {
+        "method": method if isinstance(method, str) else type(method).__qualname__, "options": options,
+        "size": size, "chaining": chaining, "coupling": coupling, "layers": layers, "layer": layer})
     batches.check_for(model, example)
     if layer is not None:
         if layers is not None:
@@ -267,6 +270,8 @@ def compress(
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
         strategy = _strategy(method, method_options)
+        if chaining != "parallel":  # in a process group rank 0 decides (parallel: the ranks share the cuts)
+            strategy = distributed.decided_once(strategy)
         strategy.prepare(model, cuts)
         return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress,
                                     cache=cache)

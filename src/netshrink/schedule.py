@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from . import distributed
 from .activation_cache import CacheOptions
 from .errors import InvalidInputError
 from .graph import Cut
@@ -46,6 +47,9 @@ def run_schedule(
     Top-down chaining propagates the calibration activations block by block
     (:mod:`netshrink.propagate`; ``cache`` says how they are stored).
 
+    In a process group (:mod:`netshrink.distributed`) every statistic is that of all the
+    ranks' shards, and a parallel schedule spreads its solves over the ranks.
+
     ``model`` must be the caller's private copy: it is rewritten as the schedule goes.
     """
     if chaining not in CHAININGS:
@@ -53,12 +57,16 @@ def run_schedule(
     if chaining == "top_down":
         return top_down(model, cuts, calibration, method, progress, cache)
     statistics = observe(model, cuts, calibration, method.statistic, progress=progress)
-    order = list(cuts) if chaining == "parallel" else list(reversed(cuts))
-    decisions: dict[str, Decision] = {}
-    for cut in cut_progress(order, progress):
-        decisions[cut.name] = method.decide(cut, statistics.pop(cut.name), *_layers(model, cut))
-        if chaining == "bottom_up":
-            apply_decision(model, cut, decisions[cut.name])
+    if chaining == "parallel" and distributed.current() is not None:
+        # in a process group the ranks share the independent solves and gather the decisions
+        decisions = distributed.decide_spread(method, cuts, statistics, lambda cut: _layers(model, cut), progress)
+    else:
+        order = list(cuts) if chaining == "parallel" else list(reversed(cuts))
+        decisions: dict[str, Decision] = {}
+        for cut in cut_progress(order, progress):
+            decisions[cut.name] = method.decide(cut, statistics.pop(cut.name), *_layers(model, cut))
+            if chaining == "bottom_up":
+                apply_decision(model, cut, decisions[cut.name])
     if chaining == "parallel":
         for cut in cuts:
             rewrite_inputs(model, cut, decisions[cut.name])
