@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         "original on held-out samples (and accuracy when there are labels).",
         epilog="SOURCE: a zoo name (mlp7, lenet5, ...; calibrated on Fashion-MNIST, evaluated on its test "
         "set), a Hugging Face model directory (config.json + *.safetensors, loaded offline), or "
-        "package.module:factory, a callable returning the architecture, with --weights FILE.",
+        "package.module:factory, a callable returning the architecture, with --weights FILE. "
+        "Under `torchrun --nproc_per_node=N -m netshrink compress ...` the N ranks share the calibration "
+        "samples in equal slices (N must divide their number) and rank 0 writes the outputs.",
     )
     compress.add_argument("source", metavar="SOURCE", help="zoo name, Hugging Face directory, or module:factory")
     compress.add_argument("--weights", type=Path, help="module:factory only: .safetensors, or a .pt/.pth state "
@@ -108,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--force", action="store_true", help="replace --out, --onnx and --report if they exist")
     output.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
+    compress.add_argument("--timeout", type=float, default=1800, help="under torchrun: seconds a rank waits for "
+                          "the others at each exchange before the job fails (default: %(default)s)")
     compress.set_defaults(run=_compress)
 
     bench = commands.add_parser(
@@ -152,9 +156,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compress(args) -> int:
+    from .distributed import launched_group, rank
     from .job import run
 
-    record, _ = run(args, progress=not (args.quiet or args.json))
+    with launched_group(args.timeout):  # under torchrun; rank 0 prints and writes
+        record, _ = run(args, progress=not (args.quiet or args.json) and rank() == 0)
+    if record is None:
+        return 0
     if args.json:
         print(json.dumps(plain(record)))
         return 0

@@ -15,6 +15,11 @@ The steps, in order (nothing is written before the last one):
 
 A job interrupted at any point leaves each output complete or absent and never touches
 its inputs.
+
+Under ``torchrun`` (a process group of N > 1 ranks, :mod:`netshrink.distributed`) the
+calibration samples are dealt to the ranks in N equal slices (N must divide their
+number), the ranks compress together, and rank 0 alone checks and writes the outputs
+and runs steps 5–7; the other ranks return no record.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 
 from . import batches as batching
+from . import distributed
 from .api import Compression
 from .errors import InvalidInputError, OutputExistsError
 
@@ -39,14 +45,15 @@ DEFAULT_FILE_BATCH = 64
 DEFAULT_ZOO_CALIBRATION = 5000
 
 
-def run(args, progress: bool) -> tuple[dict, Compression]:
+def run(args, progress: bool) -> tuple[dict | None, Compression]:
     """Run the job described by the parsed command line ``args``; return its record (the
-    ``--json`` output) and the compression."""
+    ``--json`` output; None on ranks other than 0 of a process group) and the compression."""
     from . import compress
     from .fidelity import compare
     from .sources import load_source
 
-    _check_outputs(args)
+    if distributed.rank() == 0:
+        _check_outputs(args)
     source = load_source(args.source, args.weights, progress=progress)
     data = _data(args, source)
     _check_model_takes(source.model, data["calibration"][0], data["description"])
@@ -61,6 +68,8 @@ def run(args, progress: bool) -> tuple[dict, Compression]:
                       coupling=args.coupling, layer=args.layer, layers=layers, progress=progress,
                       **options)
     seconds = time.perf_counter() - start
+    if distributed.rank() != 0:
+        return None, result
     fidelity = compare(source.model, result.model, data["held_out"], data["labels"])
     record = {
         "source": args.source, "source_kind": source.kind, "method": result.method, "options": result.options,
@@ -113,6 +122,7 @@ def _data(args, source) -> dict:
     if args.labels is not None:
         labels = load_labels(args.labels, len(samples))
     calibration, held_out = split(len(samples), args.calibration_size, args.held_out, args.seed)
+    mine = distributed.shard(calibration, "calibration samples (--calibration-size)")
     if samples.kind == "text" and source.tokenizer is None:
         raise InvalidInputError(f"{args.calibration} holds text but {args.source} comes with no tokenizer; "
                                 "give a Hugging Face directory with its tokenizer files")
@@ -120,11 +130,18 @@ def _data(args, source) -> dict:
     if len(held_out) == 0:
         raise InvalidInputError(f"{args.calibration} has {len(samples)} samples: too few to hold any out for the "
                                 "evaluation; give at least 2 samples and --held-out ≥ 1")
-    return {"calibration": batches(samples, calibration, **make), "held_out": batches(samples, held_out, **make),
+    return {"calibration": batches(samples, mine, **make), "held_out": batches(samples, held_out, **make),
             "labels": None if labels is None else labels[held_out],
             "calibration_size": len(calibration),
-            "description": f"{len(calibration)} samples of {args.calibration} ({samples.kind}, seed {args.seed})",
+            "description": f"{len(calibration)} samples of {args.calibration} ({samples.kind}, seed {args.seed})"
+                           + _per_rank(len(mine)),
             "held_out_description": f"{len(held_out)} other samples of {args.calibration}"}
+
+
+def _per_rank(count: int) -> str:
+    """``", 250 on each of 2 ranks"`` in a process group, else nothing."""
+    ranks = distributed.current()
+    return "" if ranks is None else f", {count} on each of {ranks.size} ranks"
 
 
 def load_samples(args):
@@ -142,11 +159,12 @@ def _zoo_data(args) -> dict:
     from .data import calibration_images, fashion_mnist
 
     size = args.calibration_size or DEFAULT_ZOO_CALIBRATION
-    images = calibration_images(size, seed=args.seed)
+    images = distributed.shard(calibration_images(size, seed=args.seed), "calibration images (--calibration-size)")
     test_images, test_labels = fashion_mnist("test")
     return {"calibration": list(images.split(args.batch_size or 1000)), "held_out": list(test_images.split(1000)),
             "labels": test_labels, "calibration_size": size,
-            "description": f"{size} images of the Fashion-MNIST training split (seed {args.seed})",
+            "description": f"{size} images of the Fashion-MNIST training split (seed {args.seed})"
+                           + _per_rank(len(images)),
             "held_out_description": "the 10,000 Fashion-MNIST test images"}
 
 
