@@ -25,6 +25,12 @@ Budget, exactly one of:
   identically zero on the calibration data are always removed, so a cut keeps fewer
   when it has fewer live units.
 
+Warm starts: a sweep (:func:`netshrink.sweep`) sets ``warm_starts``, a
+:class:`~netshrink.methods.warm_start.WarmStarts` store shared by the methods of its
+budgets; each ``lam`` solve then starts from the solution the previous budget left at
+the same cut (the solvers converge to the same minimiser, within ``gap_tol``, from any
+start). ``keep`` budgets search λ with their own warm starts and leave nothing there.
+
 Consumers with a bias get an intercept (:mod:`.regression`): the selection and the refit
 work on centred statistics and the bias absorbs the constant part, with or without
 ``debias``. ``error`` in the report is the relative RMS error of the consumers'
@@ -45,6 +51,7 @@ from ..linalg import group_lasso, group_lasso_keep, lambda_max
 from ..observe import GramStatistic
 from .base import Decision, Method, check_keep, units_to_keep
 from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
+from .warm_start import WarmStarts
 
 SOLVERS = ("fista", "altmin")
 WEIGHTINGS = ("parameters", "uniform")
@@ -81,6 +88,8 @@ class GroupLasso(Method):
         self.lam, self.keep, self.debias, self.solver, self.gap_tol = lam, keep, debias, solver, gap_tol
         self.weighting = weighting
         self.lam_scales: dict[str, float] = {}
+        #: solutions shared with the other budgets of a sweep (None: every solve starts at 0)
+        self.warm_starts: WarmStarts | None = None
 
     def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
         """Check a ``keep`` budget at every cut (whole key/value groups) and price each cut
@@ -117,7 +126,12 @@ class GroupLasso(Method):
         gram, cross, energy, groups = stacked(problems, width)
         if self.lam is not None:
             lam = self.fraction(cut) * lambda_max(cross, groups)
-            result = group_lasso(gram, cross, lam, groups, solver=self.solver, tol=self.gap_tol, energy=energy)
+            shape = (cross.shape[1], cross.shape[0])
+            init = self.warm_starts.start(cut.name, shape) if self.warm_starts is not None else None
+            result = group_lasso(gram, cross, lam, groups, solver=self.solver, tol=self.gap_tol, energy=energy,
+                                 init=init)
+            if self.warm_starts is not None:
+                self.warm_starts.remember(cut.name, result.M)
         else:
             try:
                 result = group_lasso_keep(gram, cross, wanted, groups, solver=self.solver, tol=self.gap_tol,

@@ -24,6 +24,11 @@ for AlexNet's, 0.5 for the penultimate and first), not relative to ``λ_max`` as
 
 ``warm_start=True`` starts either solver from the original weights instead of (prox-Adam)
 a fresh ``nn.Linear`` initialisation drawn with ``seed``, or (FISTA) zero.
+In a sweep (:func:`netshrink.sweep`), ``warm_starts`` (a
+:class:`~netshrink.methods.warm_start.WarmStarts` store shared by its budgets) makes each
+FISTA solve start from the solution of the previous ``lam`` instead: FISTA converges to
+the same minimiser from any start. prox-Adam always starts as above (where it ends
+depends on its start).
 
 Only ``nn.Linear`` consumers reading single features are supported (one input a unit):
 a layer's neurons, or — through :func:`netshrink.graph.input_cut` — flattened conv
@@ -44,6 +49,7 @@ from ..linalg.multitask_lasso import _ProxSettings
 from ..observe import GramStatistic
 from .base import Decision, Method
 from .regression import regressions, relative_error
+from .warm_start import WarmStarts
 
 SOLVERS = ("fista", "prox_adam")
 
@@ -84,6 +90,8 @@ class MultitaskLasso(Method):
         self.lam, self.solver, self.mu = float(lam), solver, mu
         self.warm_start, self.seed, self.gap_tol = warm_start, seed, gap_tol
         self.max_seconds, self.max_iter = max_seconds, max_iter
+        #: FISTA solutions shared with the other budgets of a sweep (None: start as warm_start says)
+        self.warm_starts: WarmStarts | None = None
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> GramStatistic:
         _check_target(cut, consumers)  # once, before the observation pass that decide() relies on
@@ -94,8 +102,14 @@ class MultitaskLasso(Method):
         (problem,) = regressions(cut, statistic, consumers, intercept=False)
         init = problem.weight if self.warm_start else None
         if self.solver == "fista":
+            previous = (self.warm_starts.start(cut.name, tuple(problem.weight.shape))
+                        if self.warm_starts is not None else None)
+            if previous is not None:
+                init = previous
             result = multitask_lasso_fista(problem.gram, problem.cross, self.lam, energy=problem.energy,
                                            tol=self.gap_tol, init=init)
+            if self.warm_starts is not None:
+                self.warm_starts.remember(cut.name, result.V)
             details = {"solver": "fista", "gap": result.gap, "converged": result.converged}
         else:
             result = prox_adam_gram(problem.gram, problem.cross, problem.energy, self.lam, self.mu, init=init,
