@@ -20,8 +20,8 @@ Collectives go through the group's backend: gloo for CPU tensors, NCCL for CUDA 
 (a group with one backend gets its tensors on that backend's device). A failed
 collective (a rank that stopped, or one that did not arrive within the group's timeout)
 raises :class:`~netshrink.errors.DistributedError` naming the step; a rank's error while
-deciding is raised on every rank. Without a process group of world size > 1 every
-function here does nothing.
+deciding is raised on every rank. Without a process group of world size > 1 nothing
+here changes what one process does.
 """
 
 from __future__ import annotations
@@ -348,7 +348,8 @@ class _DecidedOnRankZero:
 def decide_spread(method, cuts: Sequence[Cut], statistics: dict[str, object],
                   layers: Callable[[Cut], tuple[list[nn.Module], list[nn.Module]]],
                   progress: bool = False) -> dict[str, object]:
-    """Decide the independent cuts of a parallel schedule, each on one rank.
+    """Decide the independent cuts of a parallel schedule, each on one rank of the process
+    group (world size > 1).
 
     The cuts are dealt largest first (cost ``Σ d²·out`` over the consumers ``(out, d)``)
     to the least loaded rank; each rank decides its own from its (reduced) statistics,
