@@ -12,7 +12,7 @@ function::
 """
 
 from .activation_cache import CacheOptions
-from .api import Compression, LayerReport, compress, count_parameters, load
+from .api import Compression, LayerReport, compress, count_parameters, load, sweep
 
 __version__ = "0.1.0"
-__all__ = ["CacheOptions", "Compression", "LayerReport", "compress", "count_parameters", "load"]
+__all__ = ["CacheOptions", "Compression", "LayerReport", "compress", "count_parameters", "load", "sweep"]

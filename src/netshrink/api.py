@@ -1,11 +1,11 @@
-"""The public entry points: ``compress``, ``Compression`` and ``load``."""
+"""The public entry points: ``compress``, ``sweep``, ``Compression`` and ``load``."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,12 @@ from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, require_cuts, select_cuts
 from .methods import METHODS, Method, make_method
+from .methods.warm_start import WarmStarts
 from .modules import build, spec
 from .observe import Calibration
 from .rewrite import set_submodule
 from .schedule import run_schedule
+from .sweep_schedule import SharedStatistics
 
 MANIFEST_FORMAT = "netshrink-compression/3"
 #: Manifest formats :func:`load` reads (format 2 has no module attributes or config).
@@ -255,17 +257,9 @@ def compress(
         "method": method if isinstance(method, str) else type(method).__qualname__, "options": options,
         "size": size, "chaining": chaining, "coupling": coupling, "layers": layers, "layer": layer})
     batches.check_for(model, example)
-    if layer is not None:
-        if layers is not None:
-            raise InvalidInputError("give layers (cuts by name) or layer (one Linear layer's inputs), not both")
-        every, skipped = find_cuts(model, coupling, example)
-        cuts = [input_cut(model, layer, coupling, example)]
-    else:
-        every, skipped = require_cuts(model, coupling, example)
-        cuts = select_cuts(every, layers, skipped)
-        keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
-        if layers is None and isinstance(keep, Mapping):
-            cuts = _of_kinds(cuts, keep)
+    every, skipped, cuts = _find(model, coupling, example, layers, layer)
+    keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
+    cuts = _budget_cuts(cuts, keep, layers, layer)
 
     def attempt(method_options):
         shrunk = copy.deepcopy(model)
@@ -280,6 +274,189 @@ def compress(
         shrunk, decisions = attempt(options)
     else:
         shrunk, decisions, options = _fit_size(model, method, size, options, attempt, progress)
+    return _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling,
+                        layer, example)
+
+
+#: The options that set a method's budget; a sweep varies one of them per budget.
+BUDGETS = ("lam", "keep", "tol", "size")
+
+
+def sweep(
+    model: nn.Module,
+    calibration,
+    method: str = "group_lasso",
+    budgets: Sequence[Mapping] = (),
+    *,
+    chaining: str = "top_down",
+    coupling: str = "joint",
+    layers: list[str] | None = None,
+    layer: str | None = None,
+    batch_size: int = 1000,
+    progress: bool = False,
+    cache: CacheOptions | None = None,
+    warm_starts: bool = True,
+    **options,
+) -> list[Compression]:
+    """Compress ``model`` at every budget of ``budgets``, computing statistics once where chaining allows.
+
+    ``sweep(model, data, "group_lasso", [{"lam": 1e-3}, {"lam": 1e-2}], debias=True)`` returns what
+    ``[compress(model, data, "group_lasso", lam=1e-3, debias=True), compress(..., lam=1e-2, ...)]``
+    returns, for less work (:mod:`netshrink.sweep_schedule`):
+
+    - ``chaining="parallel"`` or ``"bottom_up"``: the statistics come from the original model,
+      so one observation pass serves every budget; each budget only decides and rewrites.
+    - ``chaining="top_down"``: each budget changes the inputs of its later cuts, so each
+      budget runs its own schedule. A statistic is still reused wherever an earlier budget
+      observed the same cut after the same decisions: always the first cut, and later ones
+      while the budgets agree on every earlier cut (the same kept units and weights). A
+      single cut (``layer=``) is swept as in parallel chaining.
+    - With ``warm_starts`` (the default), ``lam`` budgets are solved from the largest λ to
+      the smallest, each solve starting from the previous budget's solution at the same cut
+      (``group_lasso``; ``multitask_lasso`` with FISTA). The solvers converge to the same
+      minimiser from any start and stop on the same duality gap, so a decision is that of a
+      separate compression *to the solver's tolerance*: a unit whose group is nearly zero at
+      the minimiser can be kept by one and not the other (at ``gap_tol=1e-4``, about one
+      decision in ten on small random networks, one unit each; none at ``gap_tol=1e-10``).
+      ``warm_starts=False`` makes every solve start at zero, as :func:`compress` does: the
+      results are then exactly those of separate compressions. ``keep`` budgets search λ
+      with their own warm starts; ``size`` budgets bisect on ``lam`` as :func:`compress`
+      does, each step on the shared statistics.
+
+    Memory: the statistics of every cut are held until the sweep ends (top-down: those of the
+    latest budget's run), and the result holds one model per budget.
+
+    Args:
+        model, calibration, chaining, coupling, layers, layer, batch_size, progress, cache: as
+            for :func:`compress`.
+        method: a method name. (A :class:`~netshrink.methods.Method` object carries a budget
+            of its own, so it cannot be swept: call :func:`compress` with each.)
+        budgets: a list of budgets, each a mapping of one budget option of ``method`` to its
+            value: ``{"lam": 1e-3}``, ``{"keep": 0.5}``, ``{"keep": {"heads": 0.5}}``,
+            ``{"tol": 0.1}``, ``{"size": 0.2}`` (see :data:`BUDGETS` and :func:`compress` for
+            which method takes which). Budgets of different options may be mixed: they share
+            the statistics, and warm starts run along the ``lam`` ones. An empty list gives an
+            empty list, without reading the data.
+        warm_starts: start each ``lam`` solve from the previous budget's solution (above).
+        **options: the method's other options, the same at every budget (``debias``,
+            ``solver``, ``gap_tol``, ``weighting``, ...; ``multitask_lasso``'s own
+            ``warm_start`` is its start when a sweep hands it none).
+
+    Returns:
+        One :class:`Compression` per budget, in the order of ``budgets``, each as
+        :func:`compress` makes it (its ``options`` include the budget).
+
+    Raises:
+        InvalidInputError: before any work, for a Method object, ``budgets`` that is not a
+            list of one-option mappings, an option that is not a budget (or not one of the
+            method's), a budget option given beside ``budgets``, or a bad value (the message
+            names the budget by its position); inside a process group of world size > 1
+            (a sweep does not spread over ranks: call :func:`compress` at each budget).
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(method, str):
+        raise InvalidInputError(
+            f"sweep takes a method name ({', '.join(sorted(METHODS))}) and builds the method once per budget; "
+            f"a {type(method).__name__} object carries its own budget: call compress with each"
+        )
+    if not isinstance(warm_starts, bool):
+        raise InvalidInputError(f"warm_starts must be True or False, got {warm_starts!r}")
+    if distributed.current() is not None:
+        raise InvalidInputError(
+            "sweep runs in one process; inside a process group of several ranks, call compress at each budget "
+            "(each rank with its shard)"
+        )
+    checked = _checked_budgets(method, budgets, options)
+    if not checked:
+        return []
+    data = Calibration(calibration, batch_size=batch_size)
+    shared = SharedStatistics(model, data, chaining, progress, cache)
+    example = data.first()
+    batches.check_for(model, example)
+    every, skipped, cuts = _find(model, coupling, example, layers, layer)
+    warm = WarmStarts() if warm_starts else None
+    # along the λ path from the largest λ (fewest units) down, then the other budgets as given
+    order = sorted(range(len(checked)), key=lambda i: (0, -checked[i][1]) if checked[i][0] == "lam" else (1, i))
+    if progress:
+        from tqdm.auto import tqdm
+
+        order = tqdm(order, desc="sweep", unit="budget", leave=False)
+    results: list[Compression | None] = [None] * len(checked)
+    for index in order:
+        name, value = checked[index]
+        chosen = _budget_cuts(cuts, value if name == "keep" else None, layers, layer)
+
+        def attempt(method_options, chosen=chosen):
+            strategy = _strategy(method, method_options)
+            if warm is not None and hasattr(strategy, "warm_starts"):
+                strategy.warm_starts = warm
+            strategy.prepare(model, chosen)
+            return shared.compress(chosen, strategy)
+
+        if name == "size":
+            shrunk, decisions, used = _fit_size(model, method, value, dict(options), attempt, progress)
+        else:
+            used = {**options, name: value}
+            shrunk, decisions = attempt(used)
+        results[index] = _compression(model, shrunk, chosen, decisions, every, skipped, method, used, chaining,
+                                      coupling, layer, example)
+    return results
+
+
+def _checked_budgets(method: str, budgets, options: dict) -> list[tuple[str, object]]:
+    """``budgets`` as ``(option, value)`` pairs, each checked by building its method."""
+    example = "e.g. [{'lam': 0.001}, {'lam': 0.01}]"
+    if isinstance(budgets, (str, bytes, Mapping)) or not isinstance(budgets, Sequence):
+        raise InvalidInputError(f"budgets must be a list of budgets, {example}; got {type(budgets).__name__}")
+    beside = sorted(key for key in BUDGETS if options.get(key) is not None)
+    if beside:
+        raise InvalidInputError(
+            f"{', '.join(beside)} set{'s' if len(beside) == 1 else ''} the budget: give one value per "
+            f"budget in budgets, {example}, not beside them"
+        )
+    checked = []
+    for position, budget in enumerate(budgets):
+        if not isinstance(budget, Mapping) or len(budget) != 1 or next(iter(budget)) not in BUDGETS:
+            shown = dict(budget) if isinstance(budget, Mapping) else budget
+            raise InvalidInputError(
+                f"budgets[{position}] is {shown!r}; a budget is a mapping of one of {', '.join(BUDGETS)} to its "
+                f"value, {example}; the method's other options go once, beside budgets"
+            )
+        ((name, value),) = budget.items()
+        try:
+            if name == "size":
+                _check_size(method, value, options)
+                _strategy(method, {**options, "lam": 1.0})
+            else:
+                _strategy(method, {**options, name: value})
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"budgets[{position}] = {{{name!r}: {value!r}}}: {exc}") from exc
+        checked.append((name, value))
+    return checked
+
+
+def _find(model: nn.Module, coupling: str, example, layers, layer) -> tuple[list, list, list]:
+    """``(every cut, skipped layers, the cuts to compress)`` for ``layers`` or ``layer``."""
+    if layer is not None:
+        if layers is not None:
+            raise InvalidInputError("give layers (cuts by name) or layer (one Linear layer's inputs), not both")
+        every, skipped = find_cuts(model, coupling, example)
+        return every, skipped, [input_cut(model, layer, coupling, example)]
+    every, skipped = require_cuts(model, coupling, example)
+    return every, skipped, select_cuts(every, layers, skipped)
+
+
+def _budget_cuts(cuts: list, keep, layers, layer) -> list:
+    """The cuts a ``keep={kind: fraction}`` budget compresses (all of ``cuts`` otherwise)."""
+    if layer is None and layers is None and isinstance(keep, Mapping):
+        return _of_kinds(cuts, keep)
+    return cuts
+
+
+def _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling, layer,
+                 example) -> Compression:
+    """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions``, checked to run."""
     _check_runs(shrunk, example)
     reports = [
         LayerReport(
@@ -418,12 +595,7 @@ def _fit_size(model, method, size, options, attempt, progress: bool):
     Bisection on the relative λ (the number of parameters falls as λ grows), 12 steps
     on a log scale in [1e-4, 1]; every step is one whole compression.
     """
-    if method != "group_lasso":
-        raise InvalidInputError(f"size= is a budget of method 'group_lasso', not of {method!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
-        raise InvalidInputError(f"size must be the fraction of the parameters to keep, in (0, 1]; got {size!r}")
-    if options.get("lam") is not None or options.get("keep") is not None:
-        raise InvalidInputError("give one budget: size, lam or keep")
+    _check_size(method, size, options)
     total = count_parameters(model)
     low, high = 1e-4, 1.0
     best = attempt({**options, "lam": high})
@@ -446,6 +618,16 @@ def _fit_size(model, method, size, options, attempt, progress: bool):
         else:
             low = middle
     return best[0], best[1], {**options, "lam": best_lam, "size": size}
+
+
+def _check_size(method, size, options: dict) -> None:
+    """``size`` is a fraction in (0, 1] of the parameters, a budget of ``group_lasso`` alone."""
+    if method != "group_lasso":
+        raise InvalidInputError(f"size= is a budget of method 'group_lasso', not of {method!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
+        raise InvalidInputError(f"size must be the fraction of the parameters to keep, in (0, 1]; got {size!r}")
+    if options.get("lam") is not None or options.get("keep") is not None:
+        raise InvalidInputError("give one budget: size, lam or keep")
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
