@@ -54,10 +54,10 @@ class Counted:
 
 
 @pytest.mark.parametrize("chaining", CHAININGS)
-def test_equals_separate_compressions_without_warm_starts(chaining):
+def test_equals_separate_compressions(chaining):
     model, x = _chain(1)
     budgets = [{"lam": 0.3}, {"lam": 0.02}, {"lam": 0.1}, {"keep": 0.5}]
-    swept = netshrink.sweep(model, x, "group_lasso", budgets, chaining=chaining, warm_starts=False)
+    swept = netshrink.sweep(model, x, "group_lasso", budgets, chaining=chaining)
     assert len(swept) == len(budgets)
     for budget, result in zip(budgets, swept):
         _assert_same(result, netshrink.compress(model, x, "group_lasso", chaining=chaining, **budget), rtol=0)
@@ -71,7 +71,7 @@ def test_warm_started_sweep_reaches_the_same_minimisers(chaining):
     lams = [0.5, 0.2, 0.05, 0.01, 0.002]
     for debias in (True, False):
         swept = netshrink.sweep(model, x, "group_lasso", [{"lam": lam} for lam in lams], chaining=chaining,
-                                debias=debias, gap_tol=1e-10)
+                                debias=debias, gap_tol=1e-10, warm_starts=True)
         for lam, result in zip(lams, swept):
             separate = netshrink.compress(model, x, "group_lasso", chaining=chaining, lam=lam, debias=debias,
                                           gap_tol=1e-10)
@@ -90,10 +90,9 @@ def test_warm_starts_take_fewer_iterations(monkeypatch):
         return result
 
     monkeypatch.setattr(group_lasso_method, "group_lasso", counting)
-    netshrink.sweep(model, x, "group_lasso", [{"lam": lam} for lam in lams], chaining="parallel")
+    netshrink.sweep(model, x, "group_lasso", [{"lam": lam} for lam in lams], chaining="parallel", warm_starts=True)
     warm, iterations[:] = sum(iterations), []
-    netshrink.sweep(model, x, "group_lasso", [{"lam": lam} for lam in lams], chaining="parallel",
-                    warm_starts=False)
+    netshrink.sweep(model, x, "group_lasso", [{"lam": lam} for lam in lams], chaining="parallel")
     assert len(iterations) == 3 * len(lams) and warm < sum(iterations)
 
 
@@ -107,7 +106,7 @@ def test_warm_starts_take_fewer_iterations(monkeypatch):
 ])
 def test_every_method_on_a_cnn_equals_separate_compressions(chaining, method, options, budgets):
     model, x = _conv(4)
-    swept = netshrink.sweep(model, x, method, budgets, chaining=chaining, warm_starts=False, **options)
+    swept = netshrink.sweep(model, x, method, budgets, chaining=chaining, **options)
     for budget, result in zip(budgets, swept):
         _assert_same(result, netshrink.compress(model, x, method, chaining=chaining, **budget, **options), rtol=0)
 
@@ -169,7 +168,7 @@ def test_budgets_of_several_kinds_and_options_are_mixed():
     model, x = _conv(8)  # channels and neurons
     budgets = [{"keep": {"channels": 0.5}}, {"lam": 0.1}, {"keep": {"neurons": 0.4}}, {"size": 0.6},
                {"keep": 0.5}, {"lam": 0.4}]
-    swept = netshrink.sweep(model, x, "group_lasso", budgets, chaining="parallel", warm_starts=False)
+    swept = netshrink.sweep(model, x, "group_lasso", budgets, chaining="parallel")
     for budget, result in zip(budgets, swept):
         _assert_same(result, netshrink.compress(model, x, "group_lasso", chaining="parallel", **budget), rtol=0)
     assert {l.kind for l in swept[0].layers} == {"channels"} and {l.kind for l in swept[2].layers} == {"neurons"}
@@ -179,11 +178,14 @@ def test_budgets_of_several_kinds_and_options_are_mixed():
 def test_one_layer_sweep_of_the_multitask_lasso():
     model, x = _chain(9)
     lams = [0.003, 0.03, 0.01]
-    swept = netshrink.sweep(model, x, "multitask_lasso", [{"lam": lam} for lam in lams], layer="last")
-    for lam, result in zip(lams, swept):
+    exact = netshrink.sweep(model, x, "multitask_lasso", [{"lam": lam} for lam in lams], layer="last")
+    warm = netshrink.sweep(model, x, "multitask_lasso", [{"lam": lam} for lam in lams], layer="last",
+                           warm_starts=True)
+    for lam, result, started in zip(lams, exact, warm):
         separate = netshrink.compress(model, x, "multitask_lasso", layer="last", lam=lam)
-        _assert_same(result, separate, rtol=1e-5)
-        assert result.layers[0].details["converged"]
+        _assert_same(result, separate, rtol=0)
+        _assert_same(started, separate, rtol=1e-5)  # its gap_tol is 1e-7: the same minimiser
+        assert started.layers[0].details["converged"]
 
 
 def test_empty_budgets_give_an_empty_list_without_reading_the_data():
@@ -257,7 +259,7 @@ def test_mlp7_sweep_equals_separate_compressions(trained_mlp7):
     lams = [0.02, 0.005]
     for chaining in ("parallel", "top_down"):
         exact = netshrink.sweep(trained_mlp7, calibration, "group_lasso", [{"lam": lam} for lam in lams],
-                                chaining=chaining, warm_starts=False)
+                                chaining=chaining)
         for lam, result in zip(lams, exact):
             _assert_same(result, netshrink.compress(trained_mlp7, calibration, "group_lasso", chaining=chaining,
                                                     lam=lam), rtol=0)

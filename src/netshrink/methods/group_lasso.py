@@ -25,11 +25,12 @@ Budget, exactly one of:
   identically zero on the calibration data are always removed, so a cut keeps fewer
   when it has fewer live units.
 
-Warm starts: a sweep (:func:`netshrink.sweep`) sets ``warm_starts``, a
-:class:`~netshrink.methods.warm_start.WarmStarts` store shared by the methods of its
-budgets; each ``lam`` solve then starts from the solution the previous budget left at
-the same cut (the solvers converge to the same minimiser, within ``gap_tol``, from any
-start). ``keep`` budgets search λ with their own warm starts and leave nothing there.
+Warm starts: a sweep (:func:`netshrink.sweep` with ``warm_starts=True``) sets
+``warm_starts``, a :class:`~netshrink.methods.warm_start.WarmStarts` store shared by the
+methods of its budgets; each ``lam`` solve then starts from the solution the previous
+budget left at the same cut. It stops on the same duality gap as a solve from zero, but
+at another point: on ill-conditioned Grams the kept units differ unless ``gap_tol`` is
+tight. ``keep`` budgets search λ with their own warm starts and leave nothing there.
 
 Consumers with a bias get an intercept (:mod:`.regression`): the selection and the refit
 work on centred statistics and the bias absorbs the constant part, with or without

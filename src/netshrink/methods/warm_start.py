@@ -2,10 +2,11 @@
 
 A sweep (:func:`netshrink.sweep`) decides the same cuts at many budgets. The ℓ2,1
 solvers converge to the minimiser from any start and stop on a duality gap, so starting
-the solve at ``λ₂`` from the solution at a nearby ``λ₁`` changes only how many iterations
-the solve takes, not what it converges to (within its gap tolerance). A
-:class:`WarmStarts` store is shared by the methods of one sweep: each solve at a cut
-starts from the solution the previous solve left there, when it has the same shape.
+the solve at ``λ₂`` from the solution at a nearby ``λ₁`` takes fewer iterations and ends
+within the same gap of the same minimiser — not at the same point as a solve from zero
+(with a loose gap, not even on the same support). A :class:`WarmStarts` store is shared
+by the methods of one sweep: each solve at a cut starts from the solution the previous
+solve left there, when it has the same shape.
 """
 
 from __future__ import annotations
