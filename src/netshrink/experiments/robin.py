@@ -32,7 +32,11 @@ from the training split; the operating point is the smallest model on a log λ g
 by bisection on log λ) whose test accuracy is within the target drop. Like the seed's, it is
 selected on the test set. "Retrained (1)" is a more aggressive point of the same sweep
 followed by one epoch of finetuning with the network's own training recipe at a tenth of its
-learning rate (:func:`netshrink.zoo.training.fit`). Everything uses netshrink's public API.
+learning rate (:func:`netshrink.zoo.training.fit`). Everything uses netshrink's public API: the
+points of one curve's grid come from one :func:`netshrink.sweep` call, each bisection step from
+one :func:`netshrink.compress`. The sweeps share statistics but not solutions (no warm starts):
+every point is exactly the compression ``compress`` makes at its budget (a warm-started solve
+stops on the same duality gap at another point, with other units kept).
 """
 
 from __future__ import annotations
@@ -462,14 +466,67 @@ class _Runner:
             })
             self.log(f"{network} {spec.label} {spec.budget}={value:.4g}: FAILED: {type(exc).__name__}: {exc}")
             return None
-        compress_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.compressions += 1
+        self.compress_seconds += seconds
+        return self._record(key, spec, result, seconds, found_by, keep_model)
+
+    def sweep(self, network: str, spec: _Spec, values, *, chaining: str = "top_down",
+              layers: tuple[str, ...] | None = None, keep_model: bool = False, until=None) -> list[dict | None]:
+        """The evaluated grid points of one curve at ``values``, in that order.
+
+        The values not evaluated yet are compressed by one ``netshrink.sweep`` call (statistics
+        shared; no warm starts, so each point is exactly what ``compress`` gives); a point's
+        ``compress_seconds`` is its share of the sweep. If the sweep raises, each value is
+        compressed alone (:meth:`point`), so one failing budget is recorded without losing the
+        others. ``until(point)`` true stops the curve at that point: later values are not
+        recorded (nor evaluated).
+        """
+        from netshrink import sweep
+
+        values = [float(f"{value:.12g}") for value in values]
+        net = self.context.nets[network]
+        keys = {value: (network, spec.key, chaining, layers, value) for value in values}
+        missing = [value for value in dict.fromkeys(values)
+                   if keys[value] not in self.points and not any(f["key"] == list(keys[value]) for f in self.failures)]
+        swept = {}
+        if missing:
+            start = time.perf_counter()
+            try:
+                results = sweep(net.model, self.context.calibration, spec.method,
+                                [{spec.budget: value} for value in missing], chaining=chaining,
+                                layers=list(layers) if layers else None, **dict(spec.options))
+            except Exception as exc:  # compressed one at a time below, which records the failure
+                self.log(f"{network} {spec.label}: the sweep of {len(missing)} budgets raised "
+                         f"{type(exc).__name__}; compressing them one at a time")
+            else:
+                seconds = time.perf_counter() - start
+                self.compressions += len(missing)
+                self.compress_seconds += seconds
+                swept = {value: (result, seconds / len(missing)) for value, result in zip(missing, results)}
+        points = []
+        for value in values:
+            if keys[value] in self.points:
+                point = self.points[keys[value]]
+            elif value in swept:
+                point = self._record(keys[value], spec, *swept[value], "grid", keep_model)
+            else:
+                point = self.point(network, spec, value, chaining=chaining, layers=layers, keep_model=keep_model)
+            points.append(point)
+            if until is not None and point is not None and until(point):
+                break
+        return points
+
+    def _record(self, key: tuple, spec: _Spec, result, compress_seconds: float, found_by: str,
+                keep_model: bool) -> dict:
+        """Evaluate ``result`` (a Compression) on the test images and record it as the point ``key``."""
+        network, _, chaining, layers, value = key
+        net = self.context.nets[network]
         start = time.perf_counter()
         correct, top5 = _correct(result.model, self.context.test_images, self.context.test_labels)
         top1 = float(correct.double().mean())
         evaluate_seconds = time.perf_counter() - start
-        self.compressions += 1
         self.evaluations += 1
-        self.compress_seconds += compress_seconds
         self.evaluate_seconds += evaluate_seconds
         point = {
             "network": network,
@@ -539,17 +596,15 @@ def _sweeps(settings: Settings, context: _Context, runner: _Runner) -> None:
                                           FIGURE_NETWORK)) if n in context.nets]
     for network in networks:
         curves = network in settings.acceptance_networks or network == FIGURE_NETWORK
-        for lam in sorted(settings.lam_grid):
-            point = runner.point(network, GROUP_LASSO, lam, keep_model=network in table)
-            if not curves and point is not None and point["drop_pt"] > settings.table_stop_drop_pt:
-                break  # only Table 1 needs this network: larger λ cannot be its operating point
+        # only Table 1 needs a network without curves: past the first λ whose drop exceeds
+        # table_stop_drop_pt, larger λ cannot be its operating point
+        stop = None if curves else (lambda point: point["drop_pt"] > settings.table_stop_drop_pt)
+        runner.sweep(network, GROUP_LASSO, sorted(settings.lam_grid), keep_model=network in table, until=stop)
         if curves:
             for spec in BASELINES:
-                for keep in _keeps(settings, spec):
-                    runner.point(network, spec, keep)
+                runner.sweep(network, spec, _keeps(settings, spec))
         if network in settings.acceptance_networks:
-            for lam in sorted(settings.lam_grid):
-                runner.point(network, UNIFORM, lam)
+            runner.sweep(network, UNIFORM, sorted(settings.lam_grid))
 
 
 # --------------------------------------------------------------------------------------
@@ -562,8 +617,7 @@ def _figure6(folder: Path, settings: Settings, context: _Context, runner: _Runne
     lams = list(settings.lam_grid)
     curves = []
     for chaining in CHAININGS:
-        for lam in lams:
-            runner.point(FIGURE_NETWORK, GROUP_LASSO, lam, chaining=chaining)
+        runner.sweep(FIGURE_NETWORK, GROUP_LASSO, lams, chaining=chaining)
         # the grid only: Table 1's bisection points (top-down) are not part of the figure
         rows = [p for p in runner.curve(FIGURE_NETWORK, GROUP_LASSO, chaining) if p["found_by"] == "grid"]
         curves.append(_curve_record(CHAINING_LABELS[chaining], "group_lasso", chaining, rows, "lam"))
@@ -662,8 +716,7 @@ def _figure5(folder: Path, settings: Settings, context: _Context, runner: _Runne
     layers = (FIG5_LAYER,)
     variants = ((GROUP_LASSO, "debiased"), (NOT_DEBIASED, "not debiased"))
     for spec, _ in variants:
-        for lam in lams:
-            runner.point(FIGURE_NETWORK, spec, lam, layers=layers)
+        runner.sweep(FIGURE_NETWORK, spec, lams, layers=layers)
     # λ at which both variants were computed (a failed compression drops the λ from both)
     both = {p["lam"] for p in runner.curve(FIGURE_NETWORK, GROUP_LASSO, layers=layers)} & {
         p["lam"] for p in runner.curve(FIGURE_NETWORK, NOT_DEBIASED, layers=layers)}
@@ -1268,8 +1321,8 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
         "# Reproduction of seed 000: Robin, *Neural Network Compression* (2019) — Table 1, Figures 5 and 6",
         "",
         f"Mode: **{'quick' if quick else 'full'}**. Generated by `netshrink reproduce robin"
-        f"{' --quick' if quick else ''}` with netshrink's public API (`netshrink.compress`, `netshrink.zoo`, "
-        "`netshrink.data`, `netshrink.evaluate`, `netshrink.zoo.training.fit`).",
+        f"{' --quick' if quick else ''}` with netshrink's public API (`netshrink.sweep`, `netshrink.compress`, "
+        "`netshrink.zoo`, `netshrink.data`, `netshrink.evaluate`, `netshrink.zoo.training.fit`).",
         "",
         "**Data.** MNIST and ImageNet are not reachable here, so every network is trained and evaluated on "
         "**Fashion-MNIST** instead: `lenet300` (LeNet-300-100) and `lenet5` (Caffe LeNet-5) stand in for the "
@@ -1364,8 +1417,10 @@ def _summary(settings, quick, context, runner, seconds, table, fig5, fig6, accep
               f"{runner.compressions} compressions ({runner.compress_seconds:.0f} s) and "
               f"{runner.evaluations} test evaluations ({runner.evaluate_seconds:.0f} s) on {THREADS} torch "
               f"thread; finetuning on {FINETUNE_THREADS}. torch {torch.__version__}, Python "
-              f"{platform.python_version()}, {os.cpu_count()} CPUs. The netshrink API compresses one λ per call "
-              "(no warm start or shared statistics across a λ sweep), so every point is a full compression.",
+              f"{platform.python_version()}, {os.cpu_count()} CPUs. Each curve's grid is one `netshrink.sweep` "
+              "call (statistics shared where the chaining allows, solves started at zero so that every point "
+              "is the compression `netshrink.compress` makes; a point's compress time is its share of the "
+              "sweep); each bisection step is one `netshrink.compress`.",
               ""]
     return "\n".join(lines)
 
