@@ -124,6 +124,12 @@ def test_grouped_query_head_cut_keeps_whole_groups_and_refits_without_intercept(
     full = _inputs_of(model, original.o_proj, batches)
     targets = full @ original.o_proj.weight.detach().double().T
     weight, _ = _least_squares(full[:, query_rows], targets, intercept=False)
-    assert torch.allclose(pruned.o_proj.weight.detach().double(), weight, atol=2e-5, rtol=1e-4)
+    # The refit reaches the least-squares optimum of the kept heads' context vectors. Its
+    # weights are fixed only to ~cond(X)²·u by float32 Gram products (cond(X) ≈ 450
+    # here: two query heads read the same values), its fit to ~u: compare the fits.
+    fitted = full[:, query_rows] @ pruned.o_proj.weight.detach().double().T
+    optimum = full[:, query_rows] @ weight.T
+    assert (fitted - targets).norm() <= (1 + 1e-6) * (optimum - targets).norm()
+    assert (fitted - optimum).norm() <= 1e-3 * targets.norm()
     assert pruned.o_proj.bias is None
     assert hf_models.outputs(result.model, batches[0]).shape == hf_models.outputs(model, batches[0]).shape

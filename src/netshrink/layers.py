@@ -29,6 +29,8 @@ from .errors import UnsupportedCutError
 
 # Patch rows are produced in chunks of at most this many float64 elements (~128 MiB).
 _CHUNK_ELEMENTS = 1 << 24
+#: Rows of one chunk of :func:`input_rows`: the depth of each float32 product's sums.
+PRODUCT_ROWS = 4096
 
 
 def is_transposed_linear(module: nn.Module) -> bool:
@@ -123,20 +125,22 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
 
     Linear: every leading position is a row. Conv2d: every output position of every
     image is a row holding its unfolded patch (channel-major, as ``weight_matrix``).
-    Yields float64 chunks so memory stays bounded for large feature maps.
+    Yields chunks of at most :data:`PRODUCT_ROWS` rows (whole images for a
+    convolution, at least one), in float32, or float64 for a float64 input, so memory
+    stays bounded for large feature maps and each chunk's products stay accurate.
     """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if is_linear(module):
         rows = x.reshape(-1, x.shape[-1])
-        step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
-        for start in range(0, rows.shape[0], step):
-            yield rows[start:start + step].to(torch.float64)
+        for start in range(0, rows.shape[0], PRODUCT_ROWS):
+            yield rows[start:start + PRODUCT_ROWS].to(dtype)
         return
     columns = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
     out_h, out_w = _conv_output_size(module, x.shape[-2:])
-    images = max(1, _CHUNK_ELEMENTS // max(1, columns * out_h * out_w))
+    images = max(1, min(_CHUNK_ELEMENTS // max(1, columns * out_h * out_w), PRODUCT_ROWS // max(1, out_h * out_w)))
     for start in range(0, x.shape[0], images):
         patches = F.unfold(
-            x[start:start + images].to(torch.float64),
+            x[start:start + images].to(dtype),
             module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride,
         )  # (n, C·kh·kw, L)
         yield patches.transpose(1, 2).reshape(-1, columns)

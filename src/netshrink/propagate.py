@@ -39,7 +39,7 @@ from . import batches
 from .activation_cache import ActivationCache, CacheOptions
 from .evaluate import model_device
 from .graph import Cut
-from .observe import Calibration, observe
+from .observe import Calibration, observe, run_batch
 from .rewrite import apply_decision, layer_at
 
 
@@ -186,9 +186,9 @@ class _Unreplayable(Exception):
 
 
 def read_stages(model: nn.Module, example, cuts: Sequence[Cut]):
-    """Stages of ``model`` checked to replay its forward pass on ``example`` exactly, or
+    """Stages of ``model`` checked to replay its forward pass on ``example`` (a calibration
+    batch) exactly, or
     None when neither reading applies (see the module doc)."""
-    example = batches.head(example, 2)
     if not any(cut.heads is not None for cut in cuts):
         try:
             traced = torch.fx.symbolic_trace(model)
@@ -240,7 +240,7 @@ def _call_without_cache(model: nn.Module, batch):
     if isinstance(batch, Mapping) and "use_cache" not in batch and \
             "use_cache" in inspect.signature(model.forward).parameters:
         batch = {**batch, "use_cache": False}
-    return batches.call(model, batch)
+    return run_batch(model, batch)
 
 
 def _chain(model: nn.Module, path: str, count: int, calls: dict) -> BlockStages | None:

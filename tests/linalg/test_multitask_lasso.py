@@ -174,7 +174,11 @@ def test_prox_adam_decreases_F_stays_above_the_optimum_and_its_rule_stops_it():
         if k % 1000 == 0:
             checked[k] = V.clone()
 
-    result = prox_adam(phi, psi, bias, lam, 3e-3, max_iter=40000, callback=callback)  # the rule: 1000, 1e-7
+    # The rule: stop at the first check (every 1000 iterations) where the relative changes
+    # of the error and of the penalty are both below rel_tol. prox-Adam does not converge
+    # (module doc): below ~1e-6 its changes wander with the machine's rounding, so the
+    # test's rule is 1e-5, which F's steady decrease reaches on any machine.
+    result = prox_adam(phi, psi, bias, lam, 3e-3, max_iter=40000, rel_tol=1e-5, callback=callback)
     assert result.converged and result.stop_reason == "tolerance"
     assert result.iterations % 1000 == 0 and result.iterations < 40000
     assert calls == list(range(1, result.iterations + 1))
@@ -190,8 +194,8 @@ def test_prox_adam_decreases_F_stays_above_the_optimum_and_its_rule_stops_it():
     assert torch.equal(checked[result.iterations], result.V)
     previous = multitask_objective(checked[result.iterations - 1000], lam, statistics.gram, statistics.cross,
                                    statistics.energy)
-    assert abs(result.error - previous.error) < 1e-7 * previous.error
-    assert abs(result.penalty - previous.penalty) < 1e-7 * previous.penalty
+    assert abs(result.error - previous.error) < 1e-5 * previous.error
+    assert abs(result.penalty - previous.penalty) < 1e-5 * previous.penalty
 
 
 def test_prox_adam_is_near_the_optimum_only_for_small_lam():
