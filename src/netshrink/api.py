@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from torch import nn
 
 from . import batches, distributed
 from .activation_cache import CacheOptions
+from .atomic import atomic_directory
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, require_cuts, select_cuts
@@ -22,6 +24,7 @@ from .methods import METHODS, Method, make_method
 from .methods.warm_start import WarmStarts
 from .modules import build, spec
 from .observe import Calibration
+from .onload import Onload, Residency, has_meta_parameters
 from .rewrite import set_submodule
 from .schedule import run_schedule
 from .sweep_schedule import SharedStatistics
@@ -129,9 +132,17 @@ class Compression:
         """
         import shutil
 
-        from .atomic import atomic_directory
+        manifest = self._manifest(source)
+        state, manifest["tied"] = _untied_state(self.model.state_dict())
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            for file in files:
+                shutil.copy2(file, os.path.join(tmp, os.path.basename(file)))
+            save_file(state, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+            self._write_description(tmp, manifest)
+        return Path(path)
 
-        manifest = {
+    def _manifest(self, source: dict | None = None) -> dict:
+        return {
             "format": MANIFEST_FORMAT,
             "method": self.method,
             "options": self.options,
@@ -144,16 +155,26 @@ class Compression:
             "config": self.config,
             **({"source": source} if source is not None else {}),
         }
-        state, manifest["tied"] = _untied_state(self.model)
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            for file in files:
-                shutil.copy2(file, os.path.join(tmp, os.path.basename(file)))
-            save_file(state, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-            if config_states_widths(self.model):
-                self.model.config.to_json_file(os.path.join(tmp, "config.json"))
-            with open(os.path.join(tmp, MANIFEST_FILE), "w") as handle:
-                json.dump(manifest, handle, indent=2)
-        return Path(path)
+
+    def _write_description(self, folder, manifest: dict) -> None:
+        """``manifest.json``, and ``config.json`` when the config states the new widths."""
+        if config_states_widths(self.model):
+            self.model.config.to_json_file(os.path.join(folder, "config.json"))
+        with open(os.path.join(folder, MANIFEST_FILE), "w") as handle:
+            json.dump(manifest, handle, indent=2)
+
+    def _write_onloaded(self, folder: Path) -> None:
+        """Complete an onloaded compression's output folder: the blocks' shards (written as
+        they were released) and the layers outside them merged into ``model.safetensors``."""
+        from .onload import merge_safetensors
+
+        state = {name: tensor for name, tensor in self.model.state_dict().items() if tensor.device.type != "meta"}
+        state, tied = _untied_state(state)
+        rest = folder / "outside-blocks.safetensors"
+        save_file(state, str(rest))
+        merge_safetensors([*sorted(folder.glob("block-*.safetensors")), rest], folder / WEIGHTS_FILE,
+                          metadata={"format": "pt"})
+        self._write_description(folder, {**self._manifest(), "tied": tied})
 
 
 def config_states_widths(model: nn.Module) -> bool:
@@ -184,6 +205,7 @@ def compress(
     batch_size: int = 1000,
     progress: bool = False,
     cache: CacheOptions | None = None,
+    onload: Onload | None = None,
     **options,
 ) -> Compression:
     """Shrink ``model`` by removing neurons and channels, reconstructing each consumer layer.
@@ -242,6 +264,12 @@ def compress(
             block (:class:`~netshrink.activation_cache.CacheOptions`: storage dtype,
             bytes held in memory before spilling to memory-mapped files — 2 GiB by
             default — and the folder for those files).
+        onload: compress a model larger than memory (:class:`~netshrink.onload.Onload`:
+            the safetensors checkpoint and the output folder). ``model`` is built with
+            its parameters on the meta device (:func:`netshrink.onload.parameters_on_meta`);
+            top-down chaining loads one block at a time from the checkpoint and writes
+            it to ``onload.output`` once compressed, so the result is saved there and
+            the returned ``Compression.model`` keeps its blocks on the meta device.
 
     Returns:
         A :class:`Compression` with the new model, per-layer report and sizes.
@@ -261,15 +289,24 @@ def compress(
     keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
     cuts = _budget_cuts(cuts, keep, layers, layer)
 
-    def attempt(method_options):
+    def attempt(method_options, folder=None):
         shrunk = copy.deepcopy(model)
         strategy = _strategy(method, method_options)
         if chaining != "parallel":  # in a process group rank 0 decides (parallel: the ranks share the cuts)
             strategy = distributed.decided_once(strategy)
         strategy.prepare(model, cuts)
+        residency = None if folder is None else functools.partial(Residency, onload, Path(folder))
         return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress,
-                                    cache=cache)
+                                    cache=cache, onload=residency)
 
+    if onload is not None:
+        _check_onload(model, chaining, size)
+        with atomic_directory(onload.output, overwrite=onload.overwrite) as folder:
+            shrunk, decisions = attempt(options, folder)
+            result = _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining,
+                                  coupling, layer, example, runs=False)
+            result._write_onloaded(Path(folder))
+        return result
     if size is None:
         shrunk, decisions = attempt(options)
     else:
@@ -457,9 +494,11 @@ def _budget_cuts(cuts: list, keep, layers, layer) -> list:
 
 
 def _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling, layer,
-                 example) -> Compression:
-    """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions``, checked to run."""
-    _check_runs(shrunk, example)
+                 example, runs: bool = True) -> Compression:
+    """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions``, checked to
+    run (unless ``runs`` is False: an onloaded model's blocks are on the meta device)."""
+    if runs:
+        _check_runs(shrunk, example)
     reports = [
         LayerReport(
             name=cut.name,
@@ -491,6 +530,18 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
                     for path in attention},
         config=state_widths(shrunk, every, {cut.name: len(decision.kept) for cut, decision in decisions}),
     )
+
+
+def _check_onload(model: nn.Module, chaining: str, size) -> None:
+    if chaining != "top_down":
+        raise InvalidInputError(f"onloading compresses block by block, which top-down chaining does; "
+                                f"chaining={chaining!r} needs every block at once")
+    if size is not None:
+        raise InvalidInputError("size= bisects whole compressions; with onload give keep= or lam=")
+    if not has_meta_parameters(model):
+        raise InvalidInputError("onload expects a model built with its parameters on the meta device "
+                                "(netshrink.onload.parameters_on_meta()); this one holds its weights already: "
+                                "compress it without onload")
 
 
 def _of_kinds(cuts, keep: Mapping) -> list:
@@ -715,11 +766,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     return rebuilt
 
 
-def _untied_state(model: nn.Module) -> tuple[dict, dict]:
-    """The state dict with each shared tensor once (an LM head tied to its embedding),
-    and ``{alias: name}`` for the entries left out."""
+def _untied_state(named: dict) -> tuple[dict, dict]:
+    """A state dict with each shared tensor once (an LM head tied to its embedding), and
+    ``{alias: name}`` for the entries left out."""
     state, tied, seen = {}, {}, {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in named.items():
         key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype) if tensor.numel() else None
         if key is not None and key in seen:
             tied[name] = seen[key]

@@ -22,11 +22,11 @@ __all__ = ["predict_logits", "accuracy", "test_accuracy", "model_device"]
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model without any."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    """The device of the model's first parameter (or buffer) not on the meta device; CPU
+    for a model without any."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type != "meta":
+            return tensor.device
     return torch.device("cpu")
 
 

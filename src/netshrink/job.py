@@ -210,8 +210,8 @@ def _onnx(original, compressed, data, scratch: Path, progress: bool) -> dict:
         print("exporting to ONNX ...", file=sys.stderr, flush=True)
     export_onnx(original, example, scratch / "original.onnx")
     export_onnx(compressed, example, scratch / "compressed.onnx")
-    save_file(_untied_state(original)[0], str(scratch / "original.safetensors"))
-    save_file(_untied_state(compressed)[0], str(scratch / "compressed.safetensors"))
+    save_file(_untied_state(original.state_dict())[0], str(scratch / "original.safetensors"))
+    save_file(_untied_state(compressed.state_dict())[0], str(scratch / "compressed.safetensors"))
     checked = data["held_out"][:4]
     return {"max_relative_difference": check_onnx(scratch / "compressed.onnx", compressed, checked),
             "checked_batches": [batching.describe(batch) for batch in checked],

@@ -37,9 +37,11 @@ from torch import nn
 
 from . import batches
 from .activation_cache import ActivationCache, CacheOptions
+from .errors import InvalidInputError
 from .evaluate import model_device
 from .graph import Cut
 from .observe import Calibration, observe, run_batch
+from .onload import weight_bytes
 from .rewrite import apply_decision, layer_at
 
 
@@ -312,18 +314,30 @@ def top_down(
     progress: bool = False,
     cache: CacheOptions | None = None,
     sequential: bool = True,
+    onload=None,
 ) -> list:
     """Top-down chaining (Robin §2.7) on ``model`` in place; the decisions in cut order.
 
     With ``sequential`` (the default) cuts inside the model's stages are observed from
     cached activations (module doc); ``sequential=False`` observes every cut by whole
     forward passes (O(depth²) forward work; the reference the sequential path equals).
+    ``onload(model, reference, stages)``, for a model whose parameters are on the meta
+    device, gives the :class:`~netshrink.onload.Residency` that materialises its blocks
+    as they run and writes them out after.
     """
     reference = copy.deepcopy(model) if method.needs_reference else None
-    with _evaluating(model):
-        stages = read_stages(model, calibration.first(), cuts) if sequential else None
+    residency = None
+    if onload is not None:
+        stages, residency = _onload_stages(model, reference, calibration.first(), onload)
+    else:
+        with _evaluating(model):
+            stages = read_stages(model, calibration.first(), cuts) if sequential else None
     spans = [_span(stages, cut) if stages is not None else None for cut in cuts]
-    caches = _Caches(stages, calibration, cache) if any(spans) else None
+    if residency is not None and None in spans:
+        outside = next(cut.name for cut, span in zip(cuts, spans) if span is None)
+        raise InvalidInputError(f"onloading compresses one block at a time, but the cut {outside!r} lies outside "
+                                f"the blocks of {stages.container!r}; compress only the cuts inside (layers=[...])")
+    caches = _Caches(stages, calibration, cache, residency) if any(spans) else None
     decisions = []
     try:
         for position, cut in enumerate(cut_progress(cuts, progress)):
@@ -342,10 +356,62 @@ def top_down(
             if span is None and caches is not None:
                 caches.reset()  # a cut outside the stages may have changed what they start from
             decisions.append((cut, decision))
+        if residency is not None:
+            residency.finish()
     finally:
         if caches is not None:
             caches.close()
     return decisions
+
+
+def _onload_stages(model: nn.Module, reference: nn.Module | None, example, onload):
+    """The blocks of a meta-device model and the residency that loads them.
+
+    The largest ``ModuleList`` holds the blocks. With everything outside it loaded, the
+    forward pass runs once with every block replaced by a pass-through that records its
+    inputs: the blocks are stages when each one's first input is the previous one's
+    output and the other inputs are the same for all (a block returning a tuple whose
+    item 0 feeds the next is tried too)."""
+    lists = [(path, module) for path, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) >= 2]
+    if not lists:
+        raise InvalidInputError(f"onloading runs a model block by block, but {type(model).__name__} has no ModuleList "
+                                "of blocks (e.g. a transformer's layers)")
+    path, container = max(lists, key=lambda item: weight_bytes(item[1]))
+    stages = BlockStages(path, len(container), take_first=False)
+    residency = onload(model, reference, stages)
+    with _evaluating(model), torch.inference_mode():
+        for take_first in (False, True):
+            if _passes_through(model, container, example, take_first):
+                stages.take_first = take_first
+                return stages, residency
+    raise InvalidInputError(f"onloading runs the blocks of {path!r} one at a time, but the forward pass does not "
+                            "feed each block's output to the next with the same other inputs")
+
+
+def _passes_through(model: nn.Module, container: nn.ModuleList, example, take_first: bool) -> bool:
+    records: dict[int, tuple] = {}
+    for index, block in enumerate(container):
+        def record(*args, index=index, **kwargs):
+            records[index] = (args, kwargs)
+            return (args[0],) if take_first else args[0]
+
+        block.forward = record
+    try:
+        _call_without_cache(model, example)
+    except Exception:  # a model whose code rejects the pass-through output: not this form
+        return False
+    finally:
+        for block in container:
+            del block.forward
+    if len(records) != len(container) or not records[0][0] or not isinstance(records[0][0][0], torch.Tensor):
+        return False
+    first_args, first_kwargs = records[0]
+    if not _plain((first_args[1:], first_kwargs)):
+        return False
+    return all(records[i + 1][0] and records[i + 1][0][0] is records[i][0][0]
+               and _same_inputs((records[i + 1][0][1:], records[i + 1][1]), (first_args[1:], first_kwargs))
+               for i in range(len(container) - 1))
 
 
 def _span(stages, cut: Cut) -> tuple[int, int] | None:
@@ -363,10 +429,11 @@ class _Caches:
     """The activations at the current stage boundary, of the model being compressed and
     of the original (the reference), per calibration batch."""
 
-    def __init__(self, stages, calibration: Calibration, options: CacheOptions | None):
+    def __init__(self, stages, calibration: Calibration, options: CacheOptions | None, residency=None):
         self.stages = stages
         self.calibration = calibration
         self.options = options
+        self.residency = residency  # loads blocks before they run, writes them out after
         self.position = None  # None: not built
         self.masks: list = []
         self.current: ActivationCache | None = None
@@ -379,6 +446,8 @@ class _Caches:
                 self._build(model, reference)
             if target <= self.position:
                 return
+            if self.residency is not None:
+                self.residency.ensure(self.position, target)
             for which, owner in ((self.current, model), (self.reference, reference)):
                 if which is None:
                     continue
@@ -386,10 +455,14 @@ class _Caches:
                     state = which.get(index, model_device(owner))
                     which.put(index, self.stages.run(owner, state, self.position, target))
             self.position = target
+            if self.residency is not None:
+                self.residency.retire(target)
 
     def feed(self, model: nn.Module, reference: nn.Module | None, last: int):
         """``(mask, run)`` pairs for :func:`~netshrink.observe.observe`: each runs the
         stages from the boundary through ``last`` on the cached values of its model."""
+        if self.residency is not None:
+            self.residency.ensure(self.position, last + 1)
         for index in self.current.indices():
             def run(owner, index=index):
                 which = self.reference if owner is reference and reference is not None else self.current

@@ -41,11 +41,13 @@ def run_schedule(
     chaining: str = "top_down",
     progress: bool = False,
     cache: CacheOptions | None = None,
+    onload=None,
 ) -> list[tuple[Cut, Decision]]:
     """Compress ``model`` in place at every cut; returns the decisions in cut order.
 
     Top-down chaining propagates the calibration activations block by block
-    (:mod:`netshrink.propagate`; ``cache`` says how they are stored).
+    (:mod:`netshrink.propagate`; ``cache`` says how they are stored, ``onload`` makes the
+    residency that loads a meta-device model's blocks one at a time).
 
     In a process group (:mod:`netshrink.distributed`) every statistic is that of all the
     ranks' shards, and a parallel schedule spreads its solves over the ranks.
@@ -55,7 +57,7 @@ def run_schedule(
     if chaining not in CHAININGS:
         raise InvalidInputError(f"unknown chaining {chaining!r}; use one of {', '.join(CHAININGS)}")
     if chaining == "top_down":
-        return top_down(model, cuts, calibration, method, progress, cache)
+        return top_down(model, cuts, calibration, method, progress, cache, onload=onload)
     statistics = observe(model, cuts, calibration, method.statistic, progress=progress)
     if chaining == "parallel" and distributed.current() is not None:
         # in a process group the ranks share the independent solves and gather the decisions
