@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -81,26 +80,55 @@ def has_meta_parameters(model: nn.Module) -> bool:
 
 
 class Checkpoint:
-    """The tensors of a safetensors checkpoint, read one at a time."""
+    """The tensors of a safetensors checkpoint, read one at a time.
+
+    Only the files' headers are read up front; a tensor is read from its byte range when
+    asked for, into its own memory (no memory-mapping of whole files, which would count
+    against an address-space limit).
+    """
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
         if not files or not all(file.is_file() for file in files):
             raise InvalidInputError(f"onload checkpoint {str(path)!r} holds no .safetensors file")
-        self._handles = {}
         self.file_of: dict[str, Path] = {}
+        self._entries: dict[str, tuple[int, dict]] = {}
         for file in files:
-            handle = safe_open(str(file), framework="pt")
-            self._handles[file] = handle
-            for key in handle.keys():
+            start, header = _header(file)
+            for key, entry in header.items():
                 self.file_of[key] = file
+                self._entries[key] = (start, entry)
 
     def tensor(self, key: str) -> torch.Tensor:
         if key not in self.file_of:
             raise InvalidInputError(f"the onload checkpoint has no tensor {key!r}; it must hold the model's "
                                     "state dict under the same names")
-        return self._handles[self.file_of[key]].get_tensor(key)
+        start, entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        data = bytearray(end - begin)
+        with open(self.file_of[key], "rb") as handle:
+            handle.seek(start + begin)
+            handle.readinto(data)
+        dtype = _DTYPES[entry["dtype"]]
+        if not data:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(entry["shape"])
+
+
+#: safetensors dtype names.
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _header(file: Path) -> tuple[int, dict]:
+    """``(offset of the data, {name: entry})`` of a safetensors file."""
+    with open(file, "rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    return 8 + size, header
 
 
 def materialise(model: nn.Module, prefix: str, checkpoint: Checkpoint, device: torch.device) -> None:
@@ -266,13 +294,8 @@ def _tensor(model: nn.Module, name: str) -> torch.Tensor:
 def merge_safetensors(shards: list[Path], target: Path, metadata: dict | None = None) -> None:
     """Write the tensors of ``shards`` into one safetensors file ``target`` by copying
     their bytes (memory: one copy buffer), then delete the shards."""
-    headers, order = [], []
-    for shard in shards:
-        with open(shard, "rb") as handle:
-            size = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(size))
-        header.pop("__metadata__", None)
-        headers.append((shard, 8 + size, header))
+    headers = [(shard, *_header(shard)) for shard in shards]
+    order = []
     merged, offset = {}, 0
     for shard, start, header in headers:
         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
