@@ -206,3 +206,17 @@ def test_activation_cache_round_trip_and_limit(tmp_path):
     cache.put(0, torch.zeros(3))  # replacing an entry frees its files
     cache.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["mlp7", "lenet5", "vgg-fmnist"])
+def test_zoo_models_sequential_equals_whole_passes(name):
+    """The trained zoo networks on real Fashion-MNIST images: the same kept units and
+    weights as top-down by whole forward passes."""
+    from netshrink import zoo
+    from netshrink.data import calibration_images
+
+    model = zoo.load(name, progress=False)
+    images = calibration_images(600, seed=3)
+    sequential = _top_down(model, images, "group_lasso", True, lam=0.01)
+    whole = _top_down(model, images, "group_lasso", False, lam=0.01)
+    _assert_same(sequential, whole)
