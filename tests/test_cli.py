@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -74,6 +75,29 @@ def test_tol_and_keep_are_exclusive(capsys):
 def test_bad_keep_is_reported(capsys):
     status, _, err = run(capsys, "compress", "mlp7", "--keep", "1.5", "--calibration-size", "100")
     assert status == 2 and "keep must be" in err
+
+
+def test_unwritable_cache_directory_is_reported(capsys, tmp_path):
+    folder = "/sys" if os.geteuid() == 0 else tmp_path / "locked"  # /sys refuses even root
+    if not isinstance(folder, str):
+        folder.mkdir(mode=0o500)
+    status, _, err = run(capsys, "compress", "mlp7", "--keep", "0.5", "--calibration-size", "100",
+                         "--cache-dir", str(folder))
+    assert status == 2 and "not writable" in err and str(folder) in err
+
+
+def test_spilled_cache_from_the_command_line(trained_mlp7, capsys, tmp_path):
+    """Every cached activation spilled to files (--cache-memory 0): the same model as in memory."""
+    common = ["compress", "mlp7", "--tol", "0.3", "--calibration-size", "600", "--held-out", "100", "--json"]
+    status, out, _ = run(capsys, *common)
+    spilled_status, spilled, _ = run(capsys, *common, "--cache-memory", "0", "--cache-dir", str(tmp_path))
+    assert status == spilled_status == 0
+    in_memory, spilled = json.loads(out), json.loads(spilled)
+    assert in_memory["params_after"] < 0.5 * in_memory["params_before"]
+    assert [(layer["kept"], layer["error"]) for layer in in_memory["layers"]] == \
+        [(layer["kept"], layer["error"]) for layer in spilled["layers"]]
+    assert in_memory["fidelity"] == spilled["fidelity"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_group_lasso_from_the_command_line(trained_mlp7, capsys, tmp_path):

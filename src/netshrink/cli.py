@@ -101,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="order of fitting the layers (default: %(default)s)")
     tuning.add_argument("--coupling", default="joint", choices=list(COUPLINGS),
                         help="residual streams: prune jointly or sample per reader (default: %(default)s)")
+    cache = compress.add_argument_group("activation cache (top-down chaining)")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="folder for activations spilled to "
+                       "memory-mapped files (default: the system's temporary folder)")
+    cache.add_argument("--cache-memory", type=float, metavar="GIB", help="GiB of activations held in memory "
+                       "before spilling (default: 2)")
+    cache.add_argument("--cache-bfloat16", action="store_true", help="store cached activations in bfloat16 "
+                       "(half the bytes; rounds them)")
     output = compress.add_argument_group("output")
     output.add_argument("--out", type=Path, help="write the compressed model here: model.safetensors + "
                         "manifest.json (+ config.json and tokenizer files for Hugging Face models)")

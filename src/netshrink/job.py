@@ -34,6 +34,7 @@ import torch
 
 from . import batches as batching
 from . import distributed
+from .activation_cache import DEFAULT_MEMORY_LIMIT, CacheOptions
 from .api import Compression
 from .errors import InvalidInputError, OutputExistsError
 
@@ -66,7 +67,7 @@ def run(args, progress: bool) -> tuple[dict | None, Compression]:
     start = time.perf_counter()
     result = compress(source.model, data["calibration"], method=args.method, chaining=args.chaining,
                       coupling=args.coupling, layer=args.layer, layers=layers, progress=progress,
-                      **options)
+                      cache=_cache(args), **options)
     seconds = time.perf_counter() - start
     if distributed.rank() != 0:
         return None, result
@@ -142,6 +143,15 @@ def _per_rank(count: int) -> str:
     """``", 250 on each of 2 ranks"`` in a process group, else nothing."""
     ranks = distributed.current()
     return "" if ranks is None else f", {count} on each of {ranks.size} ranks"
+
+
+def _cache(args) -> CacheOptions:
+    """The activation cache the ``--cache-*`` options ask for."""
+    if args.cache_memory is not None and not args.cache_memory >= 0:
+        raise InvalidInputError(f"--cache-memory must be a number of GiB ≥ 0, got {args.cache_memory}")
+    return CacheOptions(dtype=torch.bfloat16 if args.cache_bfloat16 else None, directory=args.cache_dir,
+                        memory_limit=DEFAULT_MEMORY_LIMIT if args.cache_memory is None
+                        else int(args.cache_memory * 1024**3))
 
 
 def load_samples(args):

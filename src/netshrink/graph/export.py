@@ -177,8 +177,14 @@ class _Walk:
             if node.op == "call_function" and _name(node.target) in {*_LAYERS, *_NORMS}:
                 path = self._module_path(node)
                 self.layer_calls[path] = self.layer_calls.get(path, 0) + 1
+        order = {node: position for position, node in enumerate(nodes)}
+        last_use: dict[int, list[torch.fx.Node]] = {}
+        for node in nodes:
+            last_use.setdefault(max((order[user] for user in node.users), default=order[node]), []).append(node)
         for position, node in enumerate(nodes):
             self._visit(node, position)
+            for done in last_use.get(position, ()):  # codes no later node reads: memory stays ~ one block's
+                self.values.pop(done, None)
 
     # -- classes -------------------------------------------------------------------
     def union_pairs(self, left: torch.Tensor, right: torch.Tensor) -> None:
