@@ -15,7 +15,7 @@ from netshrink.linalg.group_lasso import (
     lambda_max,
 )
 from netshrink.linalg.interpolative import InterpolativeDecomposition, interpolative_decomposition
-from netshrink.linalg.lstsq import lstsq_from_gram
+from netshrink.linalg.lstsq import lstsq_from_gram, lstsq_from_gram_block
 from netshrink.linalg.multitask_lasso import (
     MultitaskLassoResult,
     ProxAdamResult,
@@ -31,6 +31,6 @@ from netshrink.linalg.spectral import spectral_norm
 __all__ = [
     "CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm",
     "GroupLassoResult", "group_lasso", "group_lasso_keep", "lambda_max", "duality_gap", "group_labels",
-    "lstsq_from_gram", "MultitaskLassoResult", "ProxAdamResult", "multitask_lasso_fista", "multitask_objective",
-    "multitask_objective_data", "multitask_statistics", "prox_adam", "prox_adam_gram",
+    "lstsq_from_gram", "lstsq_from_gram_block", "MultitaskLassoResult", "ProxAdamResult", "multitask_lasso_fista",
+    "multitask_objective", "multitask_objective_data", "multitask_statistics", "prox_adam", "prox_adam_gram",
 ]

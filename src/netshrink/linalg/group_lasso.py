@@ -46,7 +46,9 @@ Solvers
     instead (which zeroes them when that is optimal), and the step on the others is
     Armijo-backtracked with a Levenberg–Marquardt shift for nearly singular supports.
     Near the solution the phases converge quadratically; they never replace the
-    duality-gap stopping rule.
+    duality-gap stopping rule. A step holds one ``(|S|, |S|)`` buffer for the support's
+    block, so phases run on supports of at most ``max(4096, d/2)`` columns (a quarter of
+    the Gram's bytes when ``d > 8192``); on larger supports FISTA goes on alone.
 
 - ``"altmin"`` (Alg. 3, §5.5): alternating minimisation of the η-variational form
   ``‖M_g‖ = min_η ‖M_g‖²/(2η) + η/2`` with ε-smoothing. For fixed η the minimiser of
@@ -105,6 +107,18 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from .blocks import (
+    all_finite,
+    block_product,
+    column_sums,
+    inner,
+    max_asymmetry,
+    principal_block,
+    principal_view,
+    row_spans,
+    rows_product,
+    submatrix,
+)
 from .cpqr import cpqr
 from .lstsq import lstsq_from_gram
 from .spectral import spectral_norm
@@ -118,6 +132,7 @@ _NEWTON_STEPS = 12  # Newton steps per phase at most
 _INNER_RATIO = 0.25  # a working-set subproblem is solved to this fraction of the current full gap
 _REDUCE_MIN_OUT = 16  # below this many outputs the rank-revealing reduction is not worth it
 _REDUCE_FACTOR = 0.8  # apply the rank reduction when r ≤ this·out
+_NEWTON_MIN_COLUMNS = 4096  # Newton steps on supports of up to max(this, d/2) columns (buffer ≤ ¼ of the Gram)
 
 
 @dataclass(frozen=True)
@@ -154,7 +169,10 @@ class _Groups:
 
     def norms(self, matrix: torch.Tensor) -> torch.Tensor:
         """``‖matrix[:, g]‖_F`` for every group, ``(count,)``."""
-        squares = (matrix * matrix).sum(dim=0)
+        return self.norms_of_squares(column_sums(matrix, square=True))
+
+    def norms_of_squares(self, squares: torch.Tensor) -> torch.Tensor:
+        """The group norms ``(count,)`` from the column sums of squares ``(d,)``."""
         if self.contiguous:
             return squares.reshape(self.count, self.size).sum(dim=1).sqrt()
         return squares.new_zeros(self.count).index_add_(0, self.labels, squares).sqrt()
@@ -252,7 +270,8 @@ def group_lasso(
             (no exception otherwise).
         eps: initial smoothing of ``"altmin"`` (default ``(1e-2·max_g‖cross_g‖/L)²``).
         restart: adaptive momentum restart of FISTA (on by default).
-        newton: Newton phases on the support (on by default; module doc).
+        newton: Newton phases on the support (on by default; on supports of at most
+            ``max(4096, d/2)`` columns, see the module doc).
         reduce_outputs: output-side reduction of the whole problem (module doc).
         callback: ``callback(k, M_k)`` after every FISTA iteration. Setting it runs plain
             FISTA (Alg. 1, plus restart unless ``restart=False``) on the full problem from
@@ -329,59 +348,81 @@ def group_lasso_keep(
     if high == 0:
         raise InvalidInputError("cross is zero: every λ > 0 removes every group")
     basis = _output_basis(cross)
-    solved: dict[float, GroupLassoResult] = {}
+    reduced = cross if basis is None else cross @ basis
+    # Every solved λ lies outside the bracket (low, high) and every new λ inside it, so the
+    # solved λ nearest to a new one is an end of the bracket: only the solutions there are
+    # kept (in the reduced output space), ``order`` breaking ties as the first solved.
+    ends: dict[str, _Solved] = {}
 
-    def solve(lam: float) -> GroupLassoResult:
-        nearest = min(solved, key=lambda other: abs(math.log(other / lam)), default=None)
-        init = solved[nearest].M if nearest is not None else None
-        solved[lam] = _solve(gram, cross, energy, lam, structure, solver, tol, init, max_iter=20000, eps=None,
-                             restart=True, newton=True, callback=None, basis=basis)
-        return solved[lam]
+    def solve(lam: float) -> _Solved:
+        nearest = min(ends.values(), key=lambda other: (abs(math.log(other.lam / lam)), other.order), default=None)
+        M, iterations = _solve_reduced(gram, reduced, energy, lam, structure, solver, tol,
+                                       nearest.M if nearest is not None else None, max_iter=20000, eps=None,
+                                       restart=True, newton=True, callback=None)
+        return _Solved(lam, M, iterations, int((structure.norms(M) > 0).sum()), len(moved))
+
+    def finished(solution: _Solved, chosen: torch.Tensor | None = None) -> GroupLassoResult:
+        """The result at ``solution`` in the original outputs; with ``chosen`` (a mask over
+        groups), that support, the other groups zeroed (``converged`` False)."""
+        M = solution.M if basis is None else basis @ solution.M
+        if chosen is None:
+            return _result(gram, cross, energy, solution.lam, structure, tol, M, solution.iterations)
+        M.mul_(chosen[structure.labels].to(M.dtype))
+        gap, objective = _Problem(gram, cross, solution.lam, structure, energy).gap(M)
+        return GroupLassoResult(M=M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
+                                objective=objective, lam=solution.lam, iterations=solution.iterations,
+                                converged=False)
 
     low = 0.0  # λ → 0 keeps every live group
     counts = {}  # active groups at the bracket's ends
     moved = []  # which end each solve replaced
     lam = high * 0.5
     for _ in range(max_steps):
-        result = solve(lam)
-        active = len(result.active)
-        if active == keep:
-            return result
-        if active > keep:
-            low, counts["low"] = lam, active
+        solution = solve(lam)
+        if solution.active == keep:
+            return finished(solution)
+        end = "low" if solution.active > keep else "high"
+        ends[end] = solution
+        if end == "low":
+            low, counts["low"] = lam, solution.active
         else:
-            high, counts["high"] = lam, active
-        moved.append(active > keep)
+            high, counts["high"] = lam, solution.active
+        moved.append(end == "low")
         stuck = len(moved) > 1 and moved[-1] == moved[-2]
         lam = _next_lambda(low, high, counts, keep, bisect=stuck)
         # within 2% in λ the active count moves with the solver's tolerance, not with λ:
         # the truncation below takes over
         if (low > 0 and high / low < 1.02) or (low == 0 and lam < 1e-10 * top):
             break
-    problem_at = lambda lam_: _Problem(gram, cross, lam_, structure, energy)  # noqa: E731
-    above = [r for lam_, r in sorted(solved.items()) if len(r.active) > keep]
-    if not above:
+    if "low" not in ends:
         # Even λ → 0 leaves fewer than ``keep`` groups above the gap tolerance: the others
         # explain almost nothing. Complete the support with the groups whose optimality
         # condition is violated most (those that would enter next), zero columns for them.
-        best = solved[min(solved)]
-        scores = structure.norms(cross.T - best.M @ gram)
-        chosen = structure.norms(best.M) > 0
+        best = ends["high"]  # the smallest λ solved
+        M = best.M if basis is None else basis @ best.M
+        gap, objective, scores = _Problem(gram, cross, best.lam, structure, energy).violations(M)
+        chosen = structure.norms(M) > 0
         scores[chosen] = math.inf
         chosen[torch.argsort(scores, descending=True)[:keep]] = True
-        gap, objective = problem_at(best.lam).gap(best.M)
-        return GroupLassoResult(M=best.M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
+        return GroupLassoResult(M=M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
                                 objective=objective, lam=best.lam, iterations=best.iterations,
                                 converged=False)
-    best = above[-1]  # the largest λ with more than keep groups
-    norms = structure.norms(best.M)
+    best = ends["low"]  # the largest λ with more than keep groups
     chosen = torch.zeros(count, dtype=torch.bool, device=gram.device)
-    chosen[torch.argsort(norms, descending=True)[:keep]] = True
-    M = best.M * chosen[structure.labels].to(best.M.dtype)
-    gap, objective = problem_at(best.lam).gap(M)
-    return GroupLassoResult(M=M, active=torch.nonzero(chosen).flatten().cpu(), gap=gap,
-                            objective=objective, lam=best.lam, iterations=best.iterations,
-                            converged=False)
+    chosen[torch.argsort(structure.norms(best.M), descending=True)[:keep]] = True
+    return finished(best, chosen)
+
+
+@dataclass(frozen=True)
+class _Solved:
+    """One solve of :func:`group_lasso_keep`: ``M: (r, d)`` in the reduced outputs, the
+    number of ``active`` groups, and the ``order`` in which it was solved."""
+
+    lam: float
+    M: torch.Tensor
+    iterations: int
+    active: int
+    order: int
 
 
 def _next_lambda(low: float, high: float, counts: dict, keep: int, bisect: bool) -> float:
@@ -408,15 +449,24 @@ def _next_lambda(low: float, high: float, counts: dict, keep: int, bisect: bool)
 def _solve(gram, cross, energy, lam, structure, solver, tol, start, max_iter, eps, restart, newton, callback,
            basis) -> GroupLassoResult:
     """Validated inputs → result; ``basis`` (out, r) is the output reduction or None."""
-    d = cross.shape[0]
-    problem = _Problem(gram, cross, lam, structure, energy)
-    target = tol * 0.5 * energy
     reduced = cross if basis is None else cross @ basis
-    if start is None:
-        start = cross.new_zeros(reduced.shape[1], d)
-    elif basis is not None:
+    if start is not None and basis is not None:
         start = basis.T @ start
+    M, iterations = _solve_reduced(gram, reduced, energy, lam, structure, solver, tol, start, max_iter, eps,
+                                   restart, newton, callback)
+    return _result(gram, cross, energy, lam, structure, tol, M if basis is None else basis @ M, iterations)
+
+
+def _solve_reduced(gram, reduced, energy, lam, structure, solver, tol, start, max_iter, eps, restart, newton,
+                   callback) -> tuple[torch.Tensor, int]:
+    """``(M: (r, d), iterations)`` for the problem with ``reduced: (d, r)`` outputs (``cross``
+    itself or ``cross·Q``) from ``start: (r, d)`` or zero."""
+    d = reduced.shape[0]
+    target = tol * 0.5 * energy
+    if start is None:
+        start = reduced.new_zeros(reduced.shape[1], d)
     inner_problem = _Problem(gram, reduced, lam, structure, energy)
+    newton = max(_NEWTON_MIN_COLUMNS, d // 2) if newton else 0  # the largest support for a Newton step
     if lam == 0:  # plain least squares: solved directly (the dual bound is degenerate at λ = 0)
         M, iterations = lstsq_from_gram(gram, reduced), 0
     elif callback is not None:  # the iterates of Alg. 1 on the full problem
@@ -429,14 +479,17 @@ def _solve(gram, cross, energy, lam, structure, solver, tol, start, max_iter, ep
             return _altmin(sub, start_sub, inner_target, budget, eps, restart, newton)
 
         M, iterations = _working_set(inner_problem, start, target, max_iter, inner)
-    if basis is not None:
-        M = basis @ M
-    gap, objective = problem.gap(M)
+    return M, iterations
+
+
+def _result(gram, cross, energy, lam, structure, tol, M, iterations) -> GroupLassoResult:
+    """The result for ``M: (out, d)``, its gap and objective on the original statistics."""
+    gap, objective = _Problem(gram, cross, lam, structure, energy).gap(M)
     if lam == 0:
         gap = 0.0
     active = torch.nonzero(structure.norms(M) > 0).flatten()
     return GroupLassoResult(M=M, active=active.cpu(), gap=gap, objective=objective, lam=float(lam),
-                            iterations=iterations, converged=gap <= target)
+                            iterations=iterations, converged=gap <= tol * 0.5 * energy)
 
 
 class _Problem:
@@ -447,23 +500,53 @@ class _Problem:
 
     def gap(self, M: torch.Tensor) -> tuple[float, float]:
         """``(gap, P(M))`` for ``M: (out, d)``."""
-        gap, primal, _, _ = self.certificate(M)
+        gap, primal, _ = self.violations(M)
         return gap, primal
 
+    def violations(self, M: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+        """``(gap, P(M), ‖(cross − gram Mᵀ)[g]‖ per group)`` for ``M: (out, d)``.
+
+        :meth:`certificate` without the residual: computed by blocks of output rows, so
+        its temporaries stay at a block of ``(·, d)`` rows whatever ``out``.
+        """
+        columns = self._live_columns(M)
+        quadratic = linear = 0.0
+        squares = M.new_zeros(M.shape[1])
+        for a, b in row_spans(M.shape[0], M.shape[1]):
+            rows = M[a:b]
+            MG = rows_product(rows[:, columns], self.gram, columns)
+            quadratic += inner(MG, rows)
+            linear += inner(rows, self.cross.T[a:b])
+            squares += column_sums(MG.neg_().add_(self.cross.T[a:b]), square=True)  # of crossᵀ − M·gram
+        violations = self.structure.norms_of_squares(squares)
+        return (*self._bound(M, quadratic, linear, violations), violations)
+
     def certificate(self, M: torch.Tensor):
-        """``(gap, P(M), ‖(cross − gram Mᵀ)[g]‖ per group, crossᵀ − M·gram)``, one product."""
-        columns = torch.nonzero(M.abs().sum(dim=0) > 0).flatten()
-        MG = M[:, columns] @ self.gram[columns]  # (out, d)
-        quadratic = float((MG * M).sum())
-        linear = float((M * self.cross.T).sum())
+        """``(gap, P(M), ‖(cross − gram Mᵀ)[g]‖ per group, crossᵀ − M·gram)``, one product.
+
+        Memory: one ``(out, d)`` array (``M·gram``, turned into the residual in place);
+        ``gram`` is read a block of rows at a time.
+        """
+        columns = self._live_columns(M)
+        MG = rows_product(M[:, columns], self.gram, columns)  # (out, d)
+        quadratic = inner(MG, M)
+        linear = inner(M, self.cross.T)
+        residual = MG.neg_().add_(self.cross.T)  # crossᵀ − M·gram, the negative gradient of the smooth part
+        violations = self.structure.norms(residual)
+        return (*self._bound(M, quadratic, linear, violations), violations, residual)
+
+    @staticmethod
+    def _live_columns(M: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(column_sums(M, square=False) > 0).flatten()
+
+    def _bound(self, M, quadratic: float, linear: float, violations: torch.Tensor) -> tuple[float, float]:
+        """``(gap, P(M))`` from ``tr(M·gram·Mᵀ)``, ``tr(M·cross)`` and the group violations."""
         penalty = self.lam * float(self.structure.norms(M).sum())
         primal = 0.5 * self.energy - linear + 0.5 * quadratic + penalty
-        residual = self.cross.T - MG  # the negative gradient of the smooth part
-        violations = self.structure.norms(residual)
         worst = float(violations.max()) if M.shape[1] and M.shape[0] else 0.0
         s = 1.0 if worst <= self.lam else self.lam / worst
         dual = s * (self.energy - linear) - 0.5 * s * s * (self.energy - 2 * linear + quadratic)
-        return max(primal - dual, 0.0), primal, violations, residual
+        return max(primal - dual, 0.0), primal
 
 
 def _prox(values: torch.Tensor, threshold: float, labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -512,7 +595,8 @@ def _fista(gram, cross_t, lam, labels, count, start, target_gap, max_iter, resta
 
 
 def _accelerated(sub: _Problem, start, target, budget, restart, newton):
-    """FISTA on a (working-set) problem with Newton phases on the support (module doc)."""
+    """FISTA on a (working-set) problem with Newton phases on supports of at most
+    ``newton`` columns (none when 0; module doc)."""
     structure = sub.structure
     lipschitz = spectral_norm(sub.gram) * (1 + 1e-10)
 
@@ -528,7 +612,7 @@ def _accelerated(sub: _Problem, start, target, budget, restart, newton):
         return M, used
     M, used, chunk = start, 0, _NEWTON_AFTER
     if bool((structure.norms(M) > 0).any()):  # warm start: its support may already be right
-        M, used, gap = _newton(sub, M, target, min(_NEWTON_STEPS, budget))
+        M, used, gap = _newton(sub, M, target, min(_NEWTON_STEPS, budget), newton)
         if gap <= target:
             return M, used
     while used < budget:
@@ -536,7 +620,7 @@ def _accelerated(sub: _Problem, start, target, budget, restart, newton):
         used += steps
         if gap <= target or used >= budget:
             break
-        M, steps, gap = _newton(sub, M, target, min(_NEWTON_STEPS, budget - used))
+        M, steps, gap = _newton(sub, M, target, min(_NEWTON_STEPS, budget - used), newton)
         used += steps
         if gap <= target:
             break
@@ -544,7 +628,7 @@ def _accelerated(sub: _Problem, start, target, budget, restart, newton):
     return M, used
 
 
-def _newton(problem: _Problem, M, target, max_steps):
+def _newton(problem: _Problem, M, target, max_steps, limit):
     """Active-set Newton steps (module doc). Returns ``(M, steps, gap)``.
 
     A step has three parts, each of which lowers ``P``:
@@ -563,8 +647,9 @@ def _newton(problem: _Problem, M, target, max_steps):
        small λ) and shrinks after full ones.
 
     The phase ends at the gap target, after ``max_steps`` steps, when no step makes
-    progress, or when three steps in a row fail to halve the gap (the prox steps of FISTA
-    take over). Returns the point of lowest objective seen.
+    progress, when three steps in a row fail to halve the gap (the prox steps of FISTA
+    take over), or when the support has more than ``limit`` columns. Returns the point
+    of lowest objective seen.
     """
     structure, gram, lam = problem.structure, problem.gram, problem.lam
     labels = structure.labels
@@ -588,6 +673,9 @@ def _newton(problem: _Problem, M, target, max_steps):
         residual -= (new - old) @ gram[block]
 
     for step in range(1, max_steps + 1):
+        if len(structure.columns(structure.norms(M) > 0)) > limit:
+            step -= 1  # no step taken: the support's block would not fit the memory budget
+            break
         previous = gap
         M = M.clone()
         norms = structure.norms(M)
@@ -603,13 +691,14 @@ def _newton(problem: _Problem, M, target, max_steps):
             if not bool(live.any()):
                 break
             columns = structure.columns(live)
+            if len(columns) > limit:  # grown past the budget by the entering groups
+                break
             _, local = torch.unique(labels[columns], return_inverse=True)
             group_norms = norms[live]
             current = M[:, columns]
-            G = gram[columns][:, columns]
             unit = current / group_norms[local]
             gradient = lam * unit - residual[:, columns]
-            direction = _newton_direction(G, unit, gradient, lam, local, group_norms, damping)
+            direction = _newton_direction(gram, columns, unit, gradient, lam, local, group_norms, damping)
             if direction is None:
                 break
             radial = group_norms.new_zeros(len(group_norms)).index_add_(0, local, (unit * direction).sum(dim=0))
@@ -625,7 +714,7 @@ def _newton(problem: _Problem, M, target, max_steps):
             if not slope < 0:
                 break
             linear = -float((residual[:, columns] * direction).sum())
-            curvature = float(((direction @ G) * direction).sum())
+            curvature = inner(block_product(direction, gram, columns), direction)
             penalty = lam * float(group_norms.sum())
             length = 1.0
             for _ in range(40):
@@ -654,43 +743,60 @@ def _newton(problem: _Problem, M, target, max_steps):
     return best[1], step, best[2]
 
 
-def _newton_direction(G, unit, gradient, lam, local, group_norms, damping=0.0):
+def _newton_direction(gram, columns, unit, gradient, lam, local, group_norms, damping=0.0):
     """Newton direction ``−(H + μ)⁻¹·gradient`` on the support, ``(out, s)``, or None.
 
-    ``H = H_A − Σ_g (λ/‖M_g‖)·u_g u_gᵀ`` where ``H_A: Δ ↦ Δ·A``,
+    ``G = gram[columns][:, columns]: (s, s)`` is the support's block, ``unit``,
+    ``gradient: (out, s)``, ``local: (s,)`` the group (0..k−1) of each column,
+    ``group_norms: (k,)``. ``H = H_A − Σ_g (λ/‖M_g‖)·u_g u_gᵀ`` where ``H_A: Δ ↦ Δ·A``,
     ``A = G + λ·D(1/‖M_g‖)`` and ``u_g = vec(U_g)``; by Woodbury
     ``H⁻¹ = H_A⁻¹ + H_A⁻¹ V (Λ⁻¹ − Vᵀ H_A⁻¹ V)⁻¹ Vᵀ H_A⁻¹`` with the ``k × k`` matrix
     ``(Vᵀ H_A⁻¹ V)_gh = Σ_{a∈g, b∈h} (UᵀU)_ab (A⁻¹)_ab``. The Levenberg–Marquardt shift
     ``μ = damping·mean(diag G)`` enters through ``A``; ``H + μ ≻ 0`` iff the Schur
     complement is, and the shift is increased when it is not (duplicated or dependent
     active inputs).
+
+    Memory: one ``(s, s)`` buffer (``A`` gathered from ``gram``, factorised and inverted
+    in place) and the ``(k, k)`` Schur complement; ``UᵀU`` is formed a block of rows at a
+    time.
     """
-    count, size = len(group_norms), G.shape[0]
+    count, size = len(group_norms), len(columns)
     scale = group_norms[local]
-    A = G + torch.diag(lam / scale)
-    mean_diag = float(torch.diagonal(G).mean()) if size else 0.0
-    overlap = unit.T @ unit
+    mean_diag = float(torch.diagonal(gram)[columns].mean()) if size else 0.0
+    buffer = gram.new_empty(size, size)
+    info = buffer.new_empty((), dtype=torch.int32)
     shifts = [damping] + [value for value in (1e-12, 1e-9, 1e-6, 1e-3) if value > damping]
     for shift in shifts:
-        shifted = A + shift * mean_diag * torch.eye(size, dtype=A.dtype, device=A.device) if shift else A
-        factor, info = torch.linalg.cholesky_ex(shifted)
+        submatrix(gram, columns, columns, out=buffer)
+        buffer.diagonal().add_(lam / scale)
+        if shift:
+            buffer.diagonal().add_(shift * mean_diag)
+        torch.linalg.cholesky_ex(buffer, out=(buffer, info))
         if int(info) != 0:
             continue
-        inverse = torch.cholesky_inverse(factor)
-        T = overlap * inverse
-        K = T.new_zeros(count, size).index_add_(0, local, T)
-        K = K.new_zeros(count, count).index_add_(1, local, K)
-        schur = torch.diag(group_norms / lam) - K
-        schur_factor, info = torch.linalg.cholesky_ex(schur)
+        inverse = torch.cholesky_inverse(buffer, out=buffer)
+        schur = _grouped_overlap(unit, inverse, local, count).neg_()
+        schur.diagonal().add_(group_norms / lam)  # diag(‖M_g‖/λ) − Vᵀ H_A⁻¹ V
+        torch.linalg.cholesky_ex(schur, out=(schur, info))
         if int(info) != 0:
             continue
         Z = -(gradient @ inverse)
         v = Z.new_zeros(count).index_add_(0, local, (unit * Z).sum(dim=0))
-        w = torch.cholesky_solve(v.unsqueeze(1), schur_factor).squeeze(1)
+        w = torch.cholesky_solve(v.unsqueeze(1), schur).squeeze(1)
         direction = Z + (unit * w[local]) @ inverse
         if bool(torch.isfinite(direction).all()):
             return direction
     return None
+
+
+def _grouped_overlap(unit, inverse, local, count):
+    """``K: (k, k)``, ``K_gh = Σ_{a∈g, b∈h} (UᵀU)_ab (A⁻¹)_ab``, by blocks of rows of ``UᵀU``."""
+    K = inverse.new_zeros(count, count)
+    for start, stop in row_spans(*inverse.shape):
+        rows = slice(start, stop)
+        T = (unit[:, rows].T @ unit).mul_(inverse[rows])
+        K.index_add_(0, local[rows], T.new_zeros(T.shape[0], count).index_add_(1, local, T))
+    return K
 
 
 def _working_set(problem: _Problem, start, target, max_iter, inner):
@@ -701,13 +807,18 @@ def _working_set(problem: _Problem, start, target, max_iter, inner):
     16), solves that subproblem with ``inner`` to a gap a quarter of the current one, and
     checks the gap of the whole problem. Groups left out satisfy their optimality
     condition at zero, so the final gap certifies the whole problem.
+
+    The subproblem's ``gram[W, W]`` is a view of ``problem.gram`` (every group, or a large
+    working set, for which ``problem.gram`` is reordered in place for the round and
+    restored after it, :func:`~netshrink.linalg.blocks.principal_block`) or, for a small
+    working set, a gathered copy: never a second matrix of ``gram``'s size.
     """
     structure = problem.structure
     labels = structure.labels
-    M = start.clone()
+    M = start  # replaced, never modified: the caller's start stays as it was
     iterations = 0
     while iterations < max_iter:
-        gap, _, violations, _ = problem.certificate(M)  # ‖−gradient_g‖ for every group
+        gap, _, violations = problem.violations(M)  # ‖−gradient_g‖ for every group
         if gap <= target:
             break
         scores = violations / max(problem.lam, 1e-300)
@@ -722,19 +833,20 @@ def _working_set(problem: _Problem, start, target, max_iter, inner):
         whole = bool(chosen.all())
         columns = structure.columns(chosen)
         _, remap = torch.unique(labels[columns], return_inverse=True)
-        sub_gram = problem.gram[columns][:, columns]
         sub_structure = _Groups(len(columns), remap.cpu(), M.device)
-        sub = _Problem(sub_gram, problem.cross[columns], problem.lam, sub_structure, problem.energy)
         inner_target = target if whole else max(_INNER_RATIO * gap, 0.5 * target)
         budget = max_iter - iterations
-        start_sub, basis = M[:, columns], None
-        if M.shape[0] > len(columns):  # output-side reduction of the subproblem (module doc)
-            basis, upper = torch.linalg.qr(sub.cross.T)
-            sub = _Problem(sub_gram, upper.T, problem.lam, sub_structure, problem.energy)
-            start_sub = basis.T @ start_sub
-        M_sub, used = inner(sub, start_sub, inner_target, budget)
+        with principal_block(problem.gram, columns) as sub_gram:
+            sub = _Problem(sub_gram, problem.cross[columns], problem.lam, sub_structure, problem.energy)
+            start_sub, basis = M[:, columns], None
+            if M.shape[0] > len(columns):  # output-side reduction of the subproblem (module doc)
+                basis, upper = torch.linalg.qr(sub.cross.T)
+                sub = _Problem(sub_gram, upper.T, problem.lam, sub_structure, problem.energy)
+                start_sub = basis.T @ start_sub
+            M_sub, used = inner(sub, start_sub, inner_target, budget)
+            del sub, sub_gram
         iterations += used
-        M = torch.zeros_like(M)
+        M = torch.zeros_like(M) if M is start else M.zero_()
         M[:, columns] = M_sub if basis is None else basis @ M_sub
         if used >= budget:
             break
@@ -749,7 +861,8 @@ def _altmin(problem: _Problem, start, target, max_iter, eps, restart, newton):
     tenfold whenever ``M`` changes by less than 1% (relative) in a round, down to 1e-12
     of its start (at most 200 rounds). As in §5.5 ("Better initial points") the result is
     the starting point of FISTA with Newton phases, which sets the inactive groups
-    exactly to zero and runs to the duality gap.
+    exactly to zero and runs to the duality gap. Memory: one buffer of ``gram``'s size,
+    reused by every round.
     """
     gram, cross, lam, structure = problem.gram, problem.cross, problem.lam, problem.structure
     labels = structure.labels
@@ -766,9 +879,12 @@ def _altmin(problem: _Problem, start, target, max_iter, eps, restart, newton):
     else:
         eta = torch.full((structure.count,), max(scale, 1e-300), dtype=M.dtype, device=M.device)
     rounds = 0
+    factor = torch.empty_like(gram)  # gram + λ·D(η⁻¹), factorised in place every round
+    info = factor.new_empty((), dtype=torch.int32)
     while rounds < min(max_iter, 200) and eps >= floor:
         rounds += 1
-        factor, info = torch.linalg.cholesky_ex(gram + torch.diag(lam / eta[labels]))
+        factor.copy_(gram).diagonal().add_(lam / eta[labels])
+        torch.linalg.cholesky_ex(factor, out=(factor, info))
         if int(info) != 0:  # not reachable for λ > 0, ε > 0 (A ⪰ λ/max η); kept as a guard
             break
         new = torch.cholesky_solve(cross, factor).T
@@ -835,8 +951,8 @@ def _checked(gram, cross, energy):
         raise InvalidInputError(
             f"cross must be (d, out) with d = {gram.shape[0]} rows like gram, got shape {tuple(cross.shape)}"
         )
-    scale = float(gram.abs().max()) if gram.numel() else 0.0
-    if float((gram - gram.T).abs().max() if gram.numel() else 0) > 1e-8 * max(scale, 1e-300):
+    scale = float(torch.linalg.vector_norm(gram, ord=math.inf)) if gram.numel() else 0.0
+    if max_asymmetry(gram) > 1e-8 * max(scale, 1e-300):
         raise InvalidInputError("gram must be symmetric (it is E[x xᵀ])")
     if energy is None:
         energy = _smallest_energy(gram, cross)
@@ -860,7 +976,7 @@ def _smallest_energy(gram: torch.Tensor, cross: torch.Tensor) -> float:
     live = torch.nonzero(torch.diagonal(gram) > 0).flatten()
     if live.numel() == 0:
         return 0.0
-    block, rhs = gram[live][:, live], cross[live]
+    block, rhs = principal_view(gram, live), cross[live]
     factor, info = torch.linalg.cholesky_ex(block)
     top = float(torch.diagonal(block).max())
     if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > 1e-13 * top:
@@ -874,6 +990,6 @@ def _as_float64(value, name: str) -> torch.Tensor:
     if tensor.is_complex():
         raise InvalidInputError(f"{name} must be real, got dtype {tensor.dtype}")
     tensor = tensor.to(torch.float64)
-    if not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         raise InvalidInputError(f"{name} contains NaN or Inf")
     return tensor

@@ -13,8 +13,9 @@ import scipy.linalg
 import torch
 
 from ..errors import InvalidInputError
+from .blocks import all_finite, submatrix
 
-__all__ = ["lstsq_from_gram"]
+__all__ = ["lstsq_from_gram", "lstsq_from_gram_block"]
 
 #: Cholesky pivots below ``sqrt(_PIVOT_FLOOR · max diag)`` mean a numerically singular block.
 _PIVOT_FLOOR = 1e-13
@@ -48,44 +49,95 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
     avoided: they are pathologically slow with threads on busy machines.) An all-zero
     block gives ``M = 0``.
 
+    Memory: with ``columns``, one ``(|S|, |S|)`` block is gathered and factorised in
+    place (no ``(|S|, d)`` intermediate); without, one factor of ``gram``'s size.
+
     Raises:
         InvalidInputError: shapes that do not match, NaN/Inf in the statistics, or
             column indices out of range.
     """
-    gram = torch.as_tensor(gram).to(torch.float64)
+    gram = _checked_gram(gram)
     cross = torch.as_tensor(cross).to(device=gram.device, dtype=torch.float64)
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise InvalidInputError(f"gram must be a square matrix, got shape {tuple(gram.shape)}")
     if cross.ndim != 2 or cross.shape[0] != gram.shape[0]:
         raise InvalidInputError(
             f"cross must be (d, out) with d = {gram.shape[0]} rows like gram, got {tuple(cross.shape)}"
         )
-    if columns is not None:
-        columns = torch.as_tensor(columns, device=gram.device)
-        if columns.is_floating_point() or columns.ndim != 1:
-            raise InvalidInputError(f"columns must be a 1-D integer index tensor, got {columns.dtype} "
-                                    f"of shape {tuple(columns.shape)}")
-        columns = columns.to(torch.int64)
-        if columns.numel() and (int(columns.min()) < -gram.shape[0] or int(columns.max()) >= gram.shape[0]):
-            raise InvalidInputError(f"columns must index the {gram.shape[0]} inputs, got values outside it")
-        gram = gram[columns][:, columns]
-        cross = cross[columns]
-    size = gram.shape[0]
+    if columns is None:
+        return _solve(gram, cross, None)
+    columns = _checked_columns(columns, gram)
+    return _solve(gram, cross[columns], columns)
+
+
+def lstsq_from_gram_block(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``M: (out, |S|)`` solving ``gram[S, S] Mᵀ = rhs`` for ``rhs: (|S|, out)``, in float64.
+
+    :func:`lstsq_from_gram` with the right-hand side given on the support only (e.g.
+    ``cross_S − gram_SS W_Sᵀ`` for a refit next to ``W``): the same solver and the same
+    memory, one gathered ``(|S|, |S|)`` block. ``gram: (d, d)``, ``columns: (|S|,)``.
+
+    Raises:
+        InvalidInputError: as :func:`lstsq_from_gram`.
+    """
+    gram = _checked_gram(gram)
+    columns = _checked_columns(columns, gram)
+    rhs = torch.as_tensor(rhs).to(device=gram.device, dtype=torch.float64)
+    if rhs.ndim != 2 or rhs.shape[0] != columns.numel():
+        raise InvalidInputError(
+            f"rhs must be (|S|, out) with |S| = {columns.numel()} rows, one per column, got {tuple(rhs.shape)}"
+        )
+    return _solve(gram, rhs, columns)
+
+
+def _checked_gram(gram) -> torch.Tensor:
+    gram = torch.as_tensor(gram).to(torch.float64)
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise InvalidInputError(f"gram must be a square matrix, got shape {tuple(gram.shape)}")
+    return gram
+
+
+def _checked_columns(columns, gram: torch.Tensor) -> torch.Tensor:
+    columns = torch.as_tensor(columns, device=gram.device)
+    if columns.is_floating_point() or columns.ndim != 1:
+        raise InvalidInputError(f"columns must be a 1-D integer index tensor, got {columns.dtype} "
+                                f"of shape {tuple(columns.shape)}")
+    columns = columns.to(torch.int64)
+    if columns.numel() and (int(columns.min()) < -gram.shape[0] or int(columns.max()) >= gram.shape[0]):
+        raise InvalidInputError(f"columns must index the {gram.shape[0]} inputs, got values outside it")
+    return columns
+
+
+def _solve(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    """``M`` with ``gram[S, S] Mᵀ = rhs`` (``S`` every column when ``columns`` is None).
+
+    With ``columns``, the block is gathered into a private buffer that the Cholesky
+    factorisation overwrites; on the singular path it is gathered again, transposed, so
+    that the buffer is ``gram_SS`` in Fortran order for ``gelsy`` to overwrite too.
+    """
+    block = gram if columns is None else submatrix(gram, columns, columns)
+    size = block.shape[0]
     if size == 0:
-        return cross.new_zeros(cross.shape[1], 0)
-    if not torch.isfinite(gram).all() or not torch.isfinite(cross).all():
+        return rhs.new_zeros(rhs.shape[1], 0)
+    if not all_finite(block) or not all_finite(rhs):
         raise InvalidInputError("the statistics contain NaN/Inf; check the calibration data")
-    scale = float(torch.diagonal(gram).max())
+    scale = float(torch.diagonal(block).max())
     if scale <= 0:
-        return cross.new_zeros(cross.shape[1], size)
-    factor, info = torch.linalg.cholesky_ex(gram)
+        return rhs.new_zeros(rhs.shape[1], size)
+    if columns is None:
+        factor, info = torch.linalg.cholesky_ex(block)
+    else:
+        factor, info = torch.linalg.cholesky_ex(block, out=(block, block.new_empty((), dtype=torch.int32)))
     if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > _PIVOT_FLOOR * scale:
-        return torch.cholesky_solve(cross, factor).T
+        return torch.cholesky_solve(rhs, factor).T
     # Singular or numerically singular: minimum-norm solution by complete orthogonal
     # factorisation (CPU LAPACK through scipy; other devices go through the CPU for this
     # rare case). Not torch.linalg.lstsq(driver="gelsy"): torch 2.13's CPU binding passes
     # LAPACK an uninitialised pivot array, so the rank and solution it returns for a
     # singular matrix depend on leftover memory (wrong in most of 200 random trials).
-    solution, _, _, _ = scipy.linalg.lstsq(gram.cpu().numpy(), cross.cpu().numpy(), cond=_PIVOT_FLOOR,
-                                           lapack_driver="gelsy", check_finite=False)
-    return torch.from_numpy(solution.T.copy()).to(cross.device)
+    if columns is None:
+        matrix, overwrite = block.cpu().numpy(), False
+    else:
+        submatrix(gram, columns, columns, out=block.T)
+        matrix, overwrite = block.cpu().numpy().T, block.device.type == "cpu"
+    solution, _, _, _ = scipy.linalg.lstsq(matrix, rhs.cpu().numpy(), cond=_PIVOT_FLOOR, lapack_driver="gelsy",
+                                           check_finite=False, overwrite_a=overwrite)
+    return torch.from_numpy(solution.T.copy()).to(rhs.device)

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from .blocks import all_finite, column_sums, inner, rows_product, symmetrize_
 from .group_lasso import _checked_lambda, _finite_nonnegative, group_lasso
 
 __all__ = [
@@ -206,7 +207,7 @@ def multitask_statistics(phi, psi, bias, *, chunk_size: int | None = None) -> Mu
         gram.addmm_(block, block.T)
         cross.addmm_(block, target.T)
         energy += float((target * target).sum())
-    gram = (gram + gram.T).div_(2 * N)  # exactly symmetric
+    gram = symmetrize_(gram).div_(2 * N)  # exactly symmetric
     return MultitaskStatistics(gram=gram, cross=cross.div_(N), energy=energy / N, samples=N)
 
 
@@ -549,10 +550,10 @@ def _iterate(V, optimizer, fill_gradient, error_of, settings: _ProxSettings, sta
 
 def _objective_from_statistics(V, lam, gram, cross, energy) -> MultitaskObjective:
     D = cross.shape[1]
-    live = torch.nonzero(V.abs().sum(dim=0) > 0).flatten()  # zero columns add nothing
-    VG = V[:, live] @ gram[live]  # (D, K)
-    quadratic = float((VG * V).sum())
-    linear = float((V * cross.T).sum())
+    live = torch.nonzero(column_sums(V, square=False) > 0).flatten()  # zero columns add nothing
+    VG = rows_product(V[:, live], gram, live)  # (D, K), gram read a block of rows at a time
+    quadratic = inner(VG, V)
+    linear = inner(V, cross.T)
     error = max(energy - 2 * linear + quadratic, 0.0) / D
     penalty = lam * float(torch.linalg.vector_norm(V, dim=0).sum())
     return MultitaskObjective(error + penalty, error, penalty)
@@ -648,6 +649,6 @@ def _checked_data(phi, psi, bias):
 
 def _as_float64(value, name: str) -> torch.Tensor:
     tensor = _real_tensor(value, name).to(torch.float64)
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         raise InvalidInputError(f"{name} contains NaN or Inf")
     return tensor

@@ -22,8 +22,10 @@ _RESIDUAL_TOL = 1e-10  # |θ − λ| ≤ residual: certified 1e-10 relative (in 
 def spectral_norm(M: torch.Tensor) -> float:
     """Largest singular value of ``M: (p, q)`` as a Python float (0.0 when empty).
 
-    Computed in float64 after scaling by a power of two so squares cannot overflow or
-    underflow. Deterministic: the Lanczos start vector is fixed.
+    Computed in float64 as if ``M`` were scaled by a power of two ``2⁻ᵉ`` so squares
+    cannot overflow or underflow: the products ``M v`` are scaled instead (the same
+    numbers away from the ends of the float64 range, and no copy of ``M``, which may be
+    a 5 GB Gram). Deterministic: the Lanczos start vector is fixed.
     """
     if M.numel() == 0:
         return 0.0
@@ -32,28 +34,30 @@ def spectral_norm(M: torch.Tensor) -> float:
     if top == 0.0:
         return 0.0
     exponent = math.frexp(top)[1]
-    M = torch.ldexp(M, torch.tensor(-exponent, dtype=torch.int32, device=M.device))
     if M.shape[0] < M.shape[1]:
         M = M.T
-    largest = _lanczos_top_eigenvalue(M)
+    largest = _lanczos_top_eigenvalue(M, exponent)
     if largest is None:
-        largest = float(torch.linalg.eigvalsh(M.T @ M)[-1])
+        scaled = torch.ldexp(M, torch.tensor(-exponent, dtype=torch.int32, device=M.device))
+        largest = float(torch.linalg.eigvalsh(scaled.T @ scaled)[-1])
     return math.ldexp(math.sqrt(max(largest, 0.0)), exponent)
 
 
-def _lanczos_top_eigenvalue(M: torch.Tensor) -> float | None:
-    """Top eigenvalue of ``MᵀM`` for ``M: (p, q)``, p ≥ q, or None if not certified."""
+def _lanczos_top_eigenvalue(M: torch.Tensor, exponent: int) -> float | None:
+    """Top eigenvalue of ``AᵀA``, ``A = 2⁻ᵉ·M`` for ``M: (p, q)``, p ≥ q, ``e = exponent``,
+    or None if not certified."""
     q = M.shape[1]
     steps = min(q, _MAX_STEPS)
     generator = torch.Generator(device="cpu").manual_seed(0)
     v = torch.randn(q, generator=generator, dtype=torch.float64).to(M.device)
     v /= torch.linalg.vector_norm(v)
     basis = torch.empty(steps, q, dtype=torch.float64, device=M.device)
+    shift = torch.tensor(-exponent, dtype=torch.int32, device=M.device)
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(steps):
         basis[j] = v
-        w = M.T @ (M @ v)
+        w = torch.ldexp(M.T @ torch.ldexp(M @ v, shift), shift)  # AᵀA v, exact powers of two
         alpha = float(w @ v)
         # full reorthogonalisation (twice is enough, Parlett's "twice is enough")
         for _ in range(2):
