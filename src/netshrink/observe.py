@@ -160,6 +160,7 @@ class GramStatistic:
         self._reference_sum: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._shift: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(self.consumers)
         self._averaged = [False] * len(self.consumers)
+        self._centred = [False] * len(self.consumers)
 
     def update(self, index: int, current: torch.Tensor, original: torch.Tensor | None = None) -> None:
         if self._averaged[index]:
@@ -191,7 +192,8 @@ class GramStatistic:
 
         The sums are divided in place on the first call (no copy of a ``(d, d)`` matrix:
         5 GB in float64 for ``d = 25088``); the statistic takes no more rows after it.
-        The returned tensors are the statistic's own: read them, don't modify them.
+        The returned tensors are the statistic's own: read them, don't modify them. After
+        :meth:`centred` they are turned back into second moments in place (to rounding).
         """
         if self.count[index] == 0:
             raise InvalidInputError("no activations were observed at this cut")
@@ -207,10 +209,39 @@ class GramStatistic:
                     if total[index] is not None:
                         total[index].mul_(scale)
             self._averaged[index] = True
+        if self._centred[index]:
+            self._rank_one(index, 1.0)
+            self._centred[index] = False
         gram = self._gram[index]
         if self._cross[index] is None:
             return gram, gram, gram
         return gram, self._cross[index], self._reference[index]
+
+    def centred(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gram − μμᵀ, cross − μ·μ_zᵀ, reference − μ_z·μ_zᵀ)`` of consumer ``index``, each
+        ``(d, d)``, with ``(μ, μ_z)`` = :meth:`means`: the covariances, for a fit with an intercept.
+
+        Centred in place by rank-one updates, so no ``(d, d)`` matrix is copied. These are
+        the tensors :meth:`result` returns, and each call turns them into its own form: a
+        tensor obtained from one of the two reads changes when the other is made.
+        """
+        if not self._centred[index]:
+            self.result(index)
+            self._rank_one(index, -1.0)
+            self._centred[index] = True
+        gram = self._gram[index]
+        if self._cross[index] is None:
+            return gram, gram, gram
+        return gram, self._cross[index], self._reference[index]
+
+    def _rank_one(self, index: int, sign: float) -> None:
+        """Add ``sign·μμᵀ`` (``sign·μ·μ_zᵀ``, ``sign·μ_z·μ_zᵀ``) to the averaged moments in place."""
+        mean, reference_mean = self.means(index)
+        with torch.inference_mode():  # the moments are inference tensors of the observation pass
+            self._gram[index].addr_(mean, mean, alpha=sign)
+            if self._cross[index] is not None:
+                self._cross[index].addr_(mean, reference_mean, alpha=sign)
+                self._reference[index].addr_(reference_mean, reference_mean, alpha=sign)
 
     def means(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E[a], E[z])`` of consumer ``index``, each ``(d,)`` (equal without a reference)."""

@@ -143,6 +143,7 @@ class GroupLasso(Method):
         if len(kept) == 0:  # λ = λ_max: keep the unit that matters most
             kept = torch.argmax(_unit_norms(cross, groups, width)).reshape(1)
         if self.debias:
+            del result  # its (out, d) solution is not needed by the refit
             return self._refitted(problems, kept, consumers, details)
         blocks = split(result.M, problems)
         weights = [block[:, columns_of(kept, p.group)] for block, p in zip(blocks, problems)]

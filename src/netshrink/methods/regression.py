@@ -18,6 +18,11 @@ a bias the statistics stay uncentred.)
 Several consumers of one cut (a joint cut, Robin §2.6) share the unit selection: their
 problems are stacked block-diagonally, with unit ``c`` owning its columns in every
 block — the sum of the consumers' objectives with one ℓ2 norm per unit.
+
+Memory: ``gram`` is the statistic's own ``(d, d)`` tensor, centred in place
+(:meth:`~netshrink.observe.GramStatistic.centred`), never copied; the set-up adds the
+``(out, d)`` weights and ``(d, out)`` cross term, and a refit one ``(|S|, |S|)`` block.
+(A joint cut's stacked problem is a block-diagonal copy of its consumers' Grams.)
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch import nn
 
 from ..graph import Cut
 from ..layers import columns_of, weight_matrix
-from ..linalg import lstsq_from_gram
+from ..linalg import lstsq_from_gram_block
+from ..linalg.blocks import block_product, block_rows_product, inner, row_spans
 from ..observe import GramStatistic
 
 
@@ -72,9 +78,8 @@ class Regression:
         ``c`` is the intercept :meth:`bias_shift` when ``shifted`` (the default), else 0
         (a consumer whose bias is left as it was).
         """
-        block = self.gram[columns][:, columns]
         cross = self.cross[columns]
-        value = self.energy - 2 * float((matrix * cross.T).sum()) + float((matrix @ block * matrix).sum())
+        value = self.energy - 2 * inner(matrix, cross.T) + inner(block_product(matrix, self.gram, columns), matrix)
         if not shifted and self.mean is not None:
             value += float(self.bias_shift(columns, matrix).square().sum())
         return max(value, 0.0)
@@ -86,23 +91,30 @@ def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
 
     With ``intercept=False`` the statistics stay uncentred even for a consumer with a
     bias: the bias is frozen and the targets are the linear outputs ``y = W z``.
+    Otherwise the statistic is centred in place (its :meth:`~netshrink.observe.GramStatistic.result`
+    turns it back): the problems' ``gram`` is the statistic's own tensor either way.
     """
     problems = []
     for index, layer in enumerate(consumers):
-        gram, cross, reference = statistic.result(index)
+        centred = layer.bias is not None and intercept
+        gram, cross, reference = statistic.centred(index) if centred else statistic.result(index)
         weight = weight_matrix(layer).to(gram.device)
         group = weight.shape[1] // cut.width
-        if layer.bias is None or not intercept:
-            energy = float((weight @ reference * weight).sum())
-            problems.append(Regression(gram, cross @ weight.T, energy, weight, group))
+        targets = cross @ weight.T  # E[x yᵀ], (d, out)
+        # E‖y‖² = tr(W·reference·Wᵀ); without reference rows cross is reference, and the
+        # trace is ⟨W, targetsᵀ⟩
+        energy = inner(weight, targets.T) if reference is cross else _quadratic_trace(weight, reference)
+        if not centred:
+            problems.append(Regression(gram, targets, energy, weight, group))
             continue
         mean, reference_mean = statistic.means(index)
-        gram = gram - torch.outer(mean, mean)
-        cross = cross - torch.outer(mean, reference_mean)
-        reference = reference - torch.outer(reference_mean, reference_mean)
-        energy = max(float((weight @ reference * weight).sum()), 0.0)
-        problems.append(Regression(gram, cross @ weight.T, energy, weight, group, mean, weight @ reference_mean))
+        problems.append(Regression(gram, targets, max(energy, 0.0), weight, group, mean, weight @ reference_mean))
     return problems
+
+
+def _quadratic_trace(weight: torch.Tensor, matrix: torch.Tensor) -> float:
+    """``tr(W·matrix·Wᵀ)`` for ``W: (out, d)``, ``matrix: (d, d)``, by blocks of rows of ``W``."""
+    return sum(inner(weight[a:b] @ matrix, weight[a:b]) for a, b in row_spans(weight.shape[0], matrix.shape[1]))
 
 
 def stacked(problems: list[Regression], width: int) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | int]:
@@ -137,8 +149,8 @@ def refit(problem: Regression, kept: torch.Tensor) -> torch.Tensor:
     """
     columns = columns_of(kept, problem.group)
     original = problem.weight[:, columns]
-    residual_cross = problem.cross - problem.gram[:, columns] @ original.T
-    return original + lstsq_from_gram(problem.gram, residual_cross, columns)
+    residual_cross = problem.cross[columns] - block_rows_product(problem.gram, columns, original.T)  # (|S|, out)
+    return original + lstsq_from_gram_block(problem.gram, residual_cross, columns)
 
 
 def relative_error(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor],
