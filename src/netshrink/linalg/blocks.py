@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "CHUNK_ELEMENTS", "row_spans", "all_finite", "max_asymmetry", "contiguous_range", "submatrix", "principal_view",
-    "principal_block", "rows_product", "block_product", "block_rows_product", "inner", "column_sums",
+    "principal_block", "rows_product", "block_product", "inner", "column_sums",
     "symmetrize_",
 ]
 
@@ -191,18 +191,6 @@ def block_product(left: torch.Tensor, matrix: torch.Tensor, columns: torch.Tenso
     result = left.new_zeros(left.shape[0], size)
     for a, b in row_spans(size, size):
         result.addmm_(left[:, a:b], submatrix(matrix, columns[a:b], columns))
-    return result
-
-
-def block_rows_product(matrix: torch.Tensor, columns: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``matrix[columns][:, columns] @ right: (k, q)`` for ``right: (k, q)``, by blocks of rows."""
-    span = contiguous_range(columns)
-    if span is not None:
-        return matrix[span, span] @ right
-    size = len(columns)
-    result = right.new_empty(size, right.shape[1])
-    for a, b in row_spans(size, size):
-        result[a:b] = submatrix(matrix, columns[a:b], columns) @ right
     return result
 
 

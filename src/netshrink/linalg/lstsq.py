@@ -9,7 +9,8 @@ every refit of a fixed support (the ``magnitude``/``random`` + refit baselines, 
 
 from __future__ import annotations
 
-import scipy.linalg
+import numpy as np
+import scipy.linalg.lapack
 import torch
 
 from ..errors import InvalidInputError
@@ -50,7 +51,8 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
     block gives ``M = 0``.
 
     Memory: with ``columns``, one ``(|S|, |S|)`` block is gathered and factorised in
-    place (no ``(|S|, d)`` intermediate); without, one factor of ``gram``'s size.
+    place (no ``(|S|, d)`` intermediate); without, one factor of ``gram``'s size. The
+    right-hand side is gathered once and solved in place.
 
     Raises:
         InvalidInputError: shapes that do not match, NaN/Inf in the statistics, or
@@ -63,9 +65,9 @@ def lstsq_from_gram(gram: torch.Tensor, cross: torch.Tensor,
             f"cross must be (d, out) with d = {gram.shape[0]} rows like gram, got {tuple(cross.shape)}"
         )
     if columns is None:
-        return _solve(gram, cross, None)
+        return _solve(gram, cross.T.contiguous().T, None)
     columns = _checked_columns(columns, gram)
-    return _solve(gram, cross[columns], columns)
+    return _solve(gram, cross.T[:, columns].T, columns)  # a private copy, in Fortran order
 
 
 def lstsq_from_gram_block(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -74,6 +76,9 @@ def lstsq_from_gram_block(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.
     :func:`lstsq_from_gram` with the right-hand side given on the support only (e.g.
     ``cross_S − gram_SS W_Sᵀ`` for a refit next to ``W``): the same solver and the same
     memory, one gathered ``(|S|, |S|)`` block. ``gram: (d, d)``, ``columns: (|S|,)``.
+    ``rhs`` is the solver's workspace and is overwritten (pass a copy to keep it); in
+    Fortran order (``rhs.T`` contiguous, e.g. the transpose of an ``(out, |S|)`` tensor)
+    no copy of it is made at all.
 
     Raises:
         InvalidInputError: as :func:`lstsq_from_gram`.
@@ -112,7 +117,10 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.Tensor | None) 
     With ``columns``, the block is gathered into a private buffer that the Cholesky
     factorisation overwrites; on the singular path it is gathered again, transposed, so
     that the buffer is ``gram_SS`` in Fortran order for ``gelsy`` to overwrite too.
+    ``rhs`` (the caller's workspace) is overwritten by the CPU solves (in place when it is
+    in Fortran order); the result is a view of it there.
     """
+    gram, rhs = gram.detach(), rhs.detach()
     block = gram if columns is None else submatrix(gram, columns, columns)
     size = block.shape[0]
     if size == 0:
@@ -127,17 +135,27 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.Tensor | None) 
     else:
         factor, info = torch.linalg.cholesky_ex(block, out=(block, block.new_empty((), dtype=torch.int32)))
     if int(info) == 0 and float(torch.diagonal(factor).min()) ** 2 > _PIVOT_FLOOR * scale:
-        return torch.cholesky_solve(rhs, factor).T
+        if factor.device.type != "cpu":
+            return torch.cholesky_solve(rhs, factor).T
+        # LAPACK potrs on the factor's storage (L in C order is Lᵀ in Fortran order) and on rhs
+        solution, _ = scipy.linalg.lapack.dpotrs(factor.numpy().T, rhs.numpy(), lower=0, overwrite_b=1)
+        return torch.from_numpy(solution).T
     # Singular or numerically singular: minimum-norm solution by complete orthogonal
     # factorisation (CPU LAPACK through scipy; other devices go through the CPU for this
     # rare case). Not torch.linalg.lstsq(driver="gelsy"): torch 2.13's CPU binding passes
     # LAPACK an uninitialised pivot array, so the rank and solution it returns for a
     # singular matrix depend on leftover memory (wrong in most of 200 random trials).
+    # LAPACK's gelsy directly: scipy.linalg.lstsq copies both arrays whatever its overwrite flags.
     if columns is None:
-        matrix, overwrite = block.cpu().numpy(), False
+        matrix = block.cpu().numpy().copy(order="F")
     else:
         submatrix(gram, columns, columns, out=block.T)
-        matrix, overwrite = block.cpu().numpy().T, block.device.type == "cpu"
-    solution, _, _, _ = scipy.linalg.lstsq(matrix, rhs.cpu().numpy(), cond=_PIVOT_FLOOR, lapack_driver="gelsy",
-                                           check_finite=False, overwrite_a=overwrite)
-    return torch.from_numpy(solution.T.copy()).to(rhs.device)
+        matrix = block.cpu().numpy().T
+    right = rhs.cpu().numpy()
+    work, _ = scipy.linalg.lapack.dgelsy_lwork(size, size, right.shape[1], _PIVOT_FLOOR)
+    pivots = np.zeros(size, dtype=np.int32)  # every column free to be pivoted
+    _, solution, _, _, info = scipy.linalg.lapack.dgelsy(matrix, right, pivots, _PIVOT_FLOOR, int(work),
+                                                          overwrite_a=1, overwrite_b=1)
+    if info < 0:
+        raise InvalidInputError(f"LAPACK dgelsy rejected argument {-info} on a {size} × {size} block")
+    return torch.from_numpy(solution).T.to(rhs.device)

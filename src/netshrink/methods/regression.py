@@ -21,7 +21,8 @@ block — the sum of the consumers' objectives with one ℓ2 norm per unit.
 
 Memory: ``gram`` is the statistic's own ``(d, d)`` tensor, centred in place
 (:meth:`~netshrink.observe.GramStatistic.centred`), never copied; the set-up adds the
-``(out, d)`` weights and ``(d, out)`` cross term, and a refit one ``(|S|, |S|)`` block.
+``(d, out)`` cross term (and float64 weights for a layer of another dtype), a refit one
+``(|S|, |S|)`` block and its ``(|S|, out)`` right-hand side.
 (A joint cut's stacked problem is a block-diagonal copy of its consumers' Grams.)
 """
 
@@ -35,7 +36,7 @@ from torch import nn
 from ..graph import Cut
 from ..layers import columns_of, weight_matrix
 from ..linalg import lstsq_from_gram_block
-from ..linalg.blocks import block_product, block_rows_product, inner, row_spans
+from ..linalg.blocks import inner, row_spans, submatrix
 from ..observe import GramStatistic
 
 
@@ -76,10 +77,14 @@ class Regression:
         """``E‖y − M x_S − c‖²`` for ``M: (out, |S|)`` on the columns ``S``.
 
         ``c`` is the intercept :meth:`bias_shift` when ``shifted`` (the default), else 0
-        (a consumer whose bias is left as it was).
+        (a consumer whose bias is left as it was). Computed by blocks of ``S``: no
+        ``(|S|, |S|)`` block or ``(out, |S|)`` product is formed whole.
         """
-        cross = self.cross[columns]
-        value = self.energy - 2 * inner(matrix, cross.T) + inner(block_product(matrix, self.gram, columns), matrix)
+        value = self.energy
+        for a, b in row_spans(len(columns), len(columns)):
+            part = columns[a:b]
+            value += inner(matrix @ submatrix(self.gram, columns, part), matrix[:, a:b])  # M·gram_S,part
+            value -= 2 * inner(matrix[:, a:b], self.cross[part].T)
         if not shifted and self.mean is not None:
             value += float(self.bias_shift(columns, matrix).square().sum())
         return max(value, 0.0)
@@ -148,9 +153,12 @@ def refit(problem: Regression, kept: torch.Tensor) -> torch.Tensor:
     changing the layer anywhere else.
     """
     columns = columns_of(kept, problem.group)
-    original = problem.weight[:, columns]
-    residual_cross = problem.cross[columns] - block_rows_product(problem.gram, columns, original.T)  # (|S|, out)
-    return original + lstsq_from_gram_block(problem.gram, residual_cross, columns)
+    # crossᵀ_S − W_S·gram_SS: (out, |S|), accumulated by blocks of the support (no W_S copy);
+    # its transpose is the solver's right-hand side in Fortran order, solved in place
+    residual = problem.cross.T[:, columns]
+    for a, b in row_spans(len(columns), len(columns)):
+        residual.addmm_(problem.weight[:, columns[a:b]], submatrix(problem.gram, columns[a:b], columns), alpha=-1)
+    return lstsq_from_gram_block(problem.gram, residual.T, columns).add_(problem.weight[:, columns])
 
 
 def relative_error(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor],
