@@ -37,9 +37,10 @@ from torch import nn
 
 from . import batches
 from .activation_cache import ActivationCache, CacheOptions
-from .errors import InvalidInputError
+from .errors import InvalidInputError, UntraceableModelError
 from .evaluate import model_device
 from .graph import Cut
+from .graph.fx import trace
 from .observe import Calibration, observe, run_batch
 from .onload import weight_bytes
 from .rewrite import apply_decision, layer_at
@@ -149,7 +150,7 @@ class BlockStages:
         return self.blocks
 
     def path(self, index: int) -> str:
-        return f"{self.container}.{index}" if self.container else str(index)
+        return _block_path(self.container, index)
 
     def stage_of(self, path: str) -> int | None:
         for index in range(self.blocks):
@@ -183,18 +184,21 @@ class BlockStages:
         return hidden, args, kwargs
 
 
+def _block_path(container: str, index: int) -> str:
+    return f"{container}.{index}" if container else str(index)
+
+
 class _Unreplayable(Exception):
     """The stages do not reproduce the model's forward pass."""
 
 
 def read_stages(model: nn.Module, example, cuts: Sequence[Cut]):
     """Stages of ``model`` checked to replay its forward pass on ``example`` (a calibration
-    batch) exactly, or
-    None when neither reading applies (see the module doc)."""
+    batch) exactly, or None when neither reading applies (see the module doc)."""
     if not any(cut.heads is not None for cut in cuts):
         try:
-            traced = torch.fx.symbolic_trace(model)
-        except Exception:  # fx raises many exception types on untraceable code
+            traced = trace(model)
+        except UntraceableModelError:
             traced = None
         if traced is not None:
             stages = GraphStages(traced)
@@ -218,12 +222,12 @@ def _block_stages(model: nn.Module, example) -> BlockStages | None:
     handles = []
     for path, count in lists:
         for index in range(count):
-            stages = BlockStages(path, count, take_first=False)
+            name = _block_path(path, index)
 
-            def record(_module, args, kwargs, output, name=stages.path(index)):
+            def record(_module, args, kwargs, output, name=name):
                 calls.setdefault(name, []).append((args, kwargs, output))
 
-            handles.append(model.get_submodule(stages.path(index)).register_forward_hook(record, with_kwargs=True))
+            handles.append(model.get_submodule(name).register_forward_hook(record, with_kwargs=True))
     try:
         with torch.inference_mode():
             _call_without_cache(model, example)
@@ -248,24 +252,32 @@ def _call_without_cache(model: nn.Module, batch):
 def _chain(model: nn.Module, path: str, count: int, calls: dict) -> BlockStages | None:
     """The blocks of ``path`` as stages when the recorded calls form a chain that
     replays to the same output."""
-    names = [BlockStages(path, count, False).path(index) for index in range(count)]
-    if any(len(calls.get(name, ())) != 1 for name in names):
+    records = [calls.get(_block_path(path, index), []) for index in range(count)]
+    take_first = bool(records[0]) and not isinstance(records[0][0][2], torch.Tensor)
+    if not _chained(records, take_first):
         return None
-    records = [calls[name][0] for name in names]
-    first_args, first_kwargs, first_output = records[0]
-    if not first_args or not isinstance(first_args[0], torch.Tensor):
-        return None
-    take_first = not isinstance(first_output, torch.Tensor)
-    if not _plain((first_args[1:], first_kwargs)):
-        return None
+    first_args, first_kwargs, _ = records[0][0]
+    stages = BlockStages(path, count, take_first)
+    hidden = stages.run(model, (first_args[0], tuple(first_args[1:]), dict(first_kwargs)), 0, count)[0]
+    final = records[-1][0][2]
+    return stages if _same_values(hidden, final[0] if take_first else final) else None
+
+
+def _chained(calls: list[list[tuple]], take_first: bool) -> bool:
+    """Whether each block's recorded calls ``[(args, kwargs, output)]`` form a chain: every
+    block called once, its first input a tensor that is the previous block's output (its
+    item 0 with ``take_first``), and the same plain other inputs for all blocks."""
+    if any(len(found) != 1 for found in calls):
+        return False
+    records = [found[0] for found in calls]
+    first_args, first_kwargs, _ = records[0]
+    if not first_args or not isinstance(first_args[0], torch.Tensor) or not _plain((first_args[1:], first_kwargs)):
+        return False
     for (args, kwargs, _), (_, _, previous) in zip(records[1:], records[:-1]):
         fed = previous[0] if take_first else previous
         if not args or args[0] is not fed or not _same_inputs((args[1:], kwargs), (first_args[1:], first_kwargs)):
-            return None
-    stages = BlockStages(path, count, take_first)
-    hidden = stages.run(model, (first_args[0], tuple(first_args[1:]), dict(first_kwargs)), 0, count)[0]
-    final = records[-1][2]
-    return stages if _same_values(hidden, final[0] if take_first else final) else None
+            return False
+    return True
 
 
 def _plain(value) -> bool:
@@ -390,11 +402,12 @@ def _onload_stages(model: nn.Module, reference: nn.Module | None, example, onloa
 
 
 def _passes_through(model: nn.Module, container: nn.ModuleList, example, take_first: bool) -> bool:
-    records: dict[int, tuple] = {}
+    records: list[list[tuple]] = [[] for _ in container]
     for index, block in enumerate(container):
         def record(*args, index=index, **kwargs):
-            records[index] = (args, kwargs)
-            return (args[0],) if take_first else args[0]
+            output = (args[0],) if take_first else args[0]
+            records[index].append((args, kwargs, output))
+            return output
 
         block.forward = record
     try:
@@ -404,14 +417,7 @@ def _passes_through(model: nn.Module, container: nn.ModuleList, example, take_fi
     finally:
         for block in container:
             del block.forward
-    if len(records) != len(container) or not records[0][0] or not isinstance(records[0][0][0], torch.Tensor):
-        return False
-    first_args, first_kwargs = records[0]
-    if not _plain((first_args[1:], first_kwargs)):
-        return False
-    return all(records[i + 1][0] and records[i + 1][0][0] is records[i][0][0]
-               and _same_inputs((records[i + 1][0][1:], records[i + 1][1]), (first_args[1:], first_kwargs))
-               for i in range(len(container) - 1))
+    return _chained(records, take_first)
 
 
 def _span(stages, cut: Cut) -> tuple[int, int] | None:
