@@ -229,7 +229,6 @@ class Residency:
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.loaded: set[int] = set()
         self.written: set[int] = set()
-        self.peak_block_bytes = 0
         for names, tensor in _meta_tensors(model, ""):  # the layers outside the blocks, once
             if stages.stage_of(names[0]) is None:
                 _load(model, names, tensor, self.checkpoint, self.device)
@@ -256,7 +255,6 @@ class Residency:
             if self.reference is not None:
                 materialise(self.reference, path, self.checkpoint, self.device)
             self.loaded.add(index)
-            self.peak_block_bytes = max(self.peak_block_bytes, needed)
 
     def retire(self, position: int) -> None:
         for index in sorted(i for i in self.loaded if i < position):
@@ -281,8 +279,6 @@ class Residency:
         self.loaded.discard(index)
         self.written.add(index)
 
-    def shards(self) -> list[Path]:
-        return [self.folder / f"block-{index:05d}.safetensors" for index in sorted(self.written)]
 
 
 def _tensor(model: nn.Module, name: str) -> torch.Tensor:
