@@ -166,7 +166,7 @@ class _Walk:
         self.consumers: list[tuple[str, torch.Tensor, int]] = []   # (path, column codes, position)
         self.companions: list[tuple[str, torch.Tensor]] = []        # (path, channel codes)
         self.blocks: list[tuple[torch.Tensor, str]] = []            # codes whose classes are blocked
-        self.checks: list[tuple[torch.Tensor, tuple[int, ...], str]] = []
+        self.checks: list[tuple[torch.Tensor, list[torch.Tensor], str]] = []  # see check()
         self.attention: list[tuple[str, int, torch.Tensor]] = []    # (module, head_dim, value codes (H, Ev))
         self.labels: list[tuple[int, str]] = []
         self.mixers: dict[int, str] = {}
@@ -214,6 +214,28 @@ class _Walk:
         self.calls.append(_Call(path, first, count, position))
         return first
 
+    def block(self, codes: torch.Tensor, reason: str) -> None:
+        """Block the classes of ``codes`` (kept as their distinct values)."""
+        self.blocks.append((torch.unique(codes), reason))
+
+    def check(self, codes: torch.Tensor, dims: tuple[int, ...], reason: str) -> None:
+        """Block the classes of producer rows that vary along ``dims`` of ``codes`` (see
+        ``_Assembly._block_all``; derived codes count as FREE here).
+
+        Kept as ``(distinct rows, fibres per dim, reason)``: for each dim the distinct
+        fibres ``(n, size)`` along it that are not constant. Whether classes cross along a
+        dim is a property of each fibre, so the verdict is that of the whole tensor at a
+        fraction of its memory (a residual stream's or a rotary embedding's checks repeat
+        the same fibres at every position of every layer).
+        """
+        rows = torch.where(codes >= 0, codes, torch.full_like(codes, FREE))
+        fibres = []
+        for dim in dims:
+            along = rows.movedim(dim, -1).reshape(-1, rows.shape[dim])
+            along = along[(along != along[:, :1]).any(dim=1)]
+            fibres.append(torch.unique(along, dim=0) if len(along) else along)
+        self.checks.append((torch.unique(rows), fibres, reason))
+
     # -- codes -------------------------------------------------------------------------
     def codes(self, arg) -> torch.Tensor | None:
         """The code tensor of a node argument (None: every element FREE)."""
@@ -230,7 +252,7 @@ class _Walk:
     def _visit(self, node: torch.fx.Node, position: int) -> None:
         if node.op == "output":
             for codes in self._flat(node.args):
-                self.blocks.append((codes, "it produces the network's output"))
+                self.block(codes, "it produces the network's output")
             return
         if node.op != "call_function":
             return
@@ -322,7 +344,7 @@ class _Walk:
         if codes is not None:
             columns = _columns(codes, channel_dim)
             if columns is None:
-                self.blocks.append((codes, f"{path!r} reads them in an unexpected layout"))
+                self.block(codes, f"{path!r} reads them in an unexpected layout")
             else:
                 self.consumers.append((path, columns, position))
         count = out_units(module)
@@ -402,9 +424,9 @@ class _Walk:
                 continue
             what = f"the parameter {self.constants[arg.name]!r}" if arg.name in self.constants else "a tensor"
             for other in tracked:
-                self.checks.append((self.values[other].expand(shape), varying,
-                                    f"{name} joins them with {what} that no layer writes and that varies "
-                                    "along them (as a residual stream joins an embedding)"))
+                self.check(self.values[other].expand(shape), varying,
+                           f"{name} joins them with {what} that no layer writes and that varies "
+                                    "along them (as a residual stream joins an embedding)")
         self.values[node] = self.combine(expanded)
         self._label(self.values[node], name)
 
@@ -440,7 +462,7 @@ class _Walk:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             dim = dim % source.ndim
             if not _covers(name, node, source.shape[dim]):
-                self.checks.append((source, (dim,), f"{name} picks fixed positions of them"))
+                self.check(source, (dim,), f"{name} picks fixed positions of them")
         elif name == "flatten":
             self._label(result, "flatten")
 
@@ -657,15 +679,15 @@ class _Assembly:
 
     def _block_all(self) -> None:
         walk = self.walk
-        for codes, dims, reason in walk.checks:
-            rows = torch.where(codes >= 0, codes, torch.full_like(codes, FREE))
-            roots = torch.from_numpy(self.roots(rows).reshape(rows.shape))
-            single = len(torch.unique(roots[roots >= 0])) == 1
-            for dim in dims:
-                reference = roots.narrow(dim, 0, 1).expand_as(roots)
+        for distinct, fibres, reason in walk.checks:
+            found = self.roots(distinct)
+            single = len(np.unique(found[found >= 0])) == 1  # one unit spans the tensor: removing it empties it
+            for rows in fibres:
+                roots = torch.from_numpy(self.roots(rows).reshape(rows.shape))
+                reference = roots[:, :1].expand_as(roots)
                 crossing = (roots >= 0) & (reference >= 0) & (roots != reference)
-                if single:  # one unit spans the tensor: removing it empties ``dim``
-                    first = rows.narrow(dim, 0, 1).expand_as(rows)
+                if single:
+                    first = rows[:, :1].expand_as(rows)
                     crossing |= (rows >= 0) & (first >= 0) & (rows != first)
                 if crossing.any():
                     self._block(roots[crossing].numpy(), reason)
