@@ -23,16 +23,21 @@ def test_gram_and_covariance_match_float64(offset):
         statistic.update(0, current, original)
     exact_a, exact_z = rows.double(), reference.double()
     mean, reference_mean = statistic.means(0)
-    gram, cross, second = statistic.result(0)
+    gram, cross, energy = statistic.result(0)
     n = rows.shape[0]
-    for got, a, b, mu_a, mu_b in ((gram, exact_a, exact_a, mean, mean), (cross, exact_a, exact_z, mean, reference_mean),
-                                  (second, exact_z, exact_z, reference_mean, reference_mean)):
+    for got, a, b, mu_a, mu_b in ((gram, exact_a, exact_a, mean, mean), (cross, exact_a, exact_z, mean, reference_mean)):
         expected = a.T @ b / n
         assert (got - expected).norm() / expected.norm() < 1e-6
         covariance = expected - a.mean(0)[:, None] * b.mean(0)[None, :]
         centred = got - mu_a[:, None] * mu_b[None, :]
         assert (centred - covariance).norm() / covariance.norm() < 1e-6
-    assert torch.equal(gram, gram.T) and torch.equal(second, second.T)
+    assert torch.equal(gram, gram.T)
+    # the targets' energy E‖Wz‖², and its centred part E‖W(z − μ_z)‖² (what an intercept fit reads)
+    targets = exact_z @ layer.weight.double().T
+    assert abs(energy - float(targets.square().sum(1).mean())) <= 1e-6 * energy
+    spread = float((targets - targets.mean(0)).square().sum(1).mean())
+    target_mean = layer.weight.double() @ reference_mean
+    assert abs(energy - float(target_mean @ target_mean) - spread) <= 1e-6 * spread
     assert torch.allclose(mean, exact_a.mean(0), rtol=1e-12, atol=1e-12)
 
 

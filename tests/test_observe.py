@@ -106,9 +106,9 @@ def test_gram_of_conv_patches_matches_explicit_patches_and_conv_output(stride, p
     stats = observe(model, [cut], Calibration(x, batch_size=2), lambda cut, layers: GramStatistic(layers))[cut.name]
     z = torch.relu(model[0](x)).detach()
     rows = _patches_by_loops(z, conv)
-    gram, cross, reference = stats.result(0)
+    gram, cross, energy = stats.result(0)
     torch.testing.assert_close(gram, rows.T @ rows / len(rows), rtol=1e-12, atol=1e-12)
-    assert cross is gram and reference is gram
+    assert cross is gram and energy is None
     # The matrix view reproduces the convolution: W rows = conv(z) without bias.
     out = F.conv2d(z, conv.weight, None, conv.stride, conv.padding, conv.dilation)
     y = out.permute(0, 2, 3, 1).reshape(-1, 4)
@@ -125,10 +125,11 @@ def test_reference_statistics_pair_current_and_original_inputs():
                     reference=original)[cut.name]
     a = torch.relu(current.layers[0](x)).detach()
     z = torch.relu(original.layers[0](x)).detach()
-    gram, cross, reference = stats.result(0)
+    gram, cross, energy = stats.result(0)
     torch.testing.assert_close(gram, a.T @ a / 64)
     torch.testing.assert_close(cross, a.T @ z / 64)
-    torch.testing.assert_close(reference, z.T @ z / 64)
+    y = z @ current.layers[1].weight.T  # the targets: the consumer's weights on the original's rows
+    assert energy == pytest.approx(float(y.square().sum() / 64), rel=1e-12)
 
 
 def test_gram_statistic_averages_once_in_place_and_then_takes_no_rows():
@@ -140,12 +141,12 @@ def test_gram_statistic_averages_once_in_place_and_then_takes_no_rows():
     with torch.inference_mode():
         statistic.update(0, rows[:25], reference[:25])
         statistic.update(0, rows[25:], reference[25:])
-    gram, cross, second = statistic.result(0)
+    gram, cross, energy = statistic.result(0)
     torch.testing.assert_close(gram, rows.T @ rows / 40)
     torch.testing.assert_close(cross, rows.T @ reference / 40)
-    torch.testing.assert_close(second, reference.T @ reference / 40)
+    assert energy == pytest.approx(float((reference @ layer.weight.T).square().sum() / 40), rel=1e-12)
     again = statistic.result(0)  # a second read does not divide again
-    assert again[0] is gram and torch.equal(again[1], cross)
+    assert again[0] is gram and torch.equal(again[1], cross) and again[2] == energy
     torch.testing.assert_close(statistic.means(0)[1], reference.mean(dim=0))
     with pytest.raises(InvalidInputError, match="already read"):
         statistic.update(0, rows[:5], reference[:5])

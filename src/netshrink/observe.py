@@ -16,7 +16,8 @@ from .distributed import all_reduce_statistics
 from .errors import InvalidInputError
 from .evaluate import model_device
 from .graph import Cut
-from .layers import input_rows
+from .layers import input_rows, weight_matrix
+from .linalg.blocks import row_spans
 
 
 class Calibration:
@@ -135,14 +136,17 @@ class GramStatistic:
     """Second moments of each consumer's input rows, in float64 (Robin §2.4, §2.7).
 
     For consumer ``i`` with input rows ``a`` (its current input: neurons, flattened
-    features or unfolded conv patches, see :func:`netshrink.layers.input_rows`) this
-    accumulates ``gram = E[a aᵀ]: (d, d)``. When the rows ``z`` that the *original*
-    model feeds the same consumer are given too (top-down chaining), it also keeps
-    ``cross = E[a zᵀ]`` and ``reference = E[z zᵀ]``; otherwise both equal ``gram``.
-    A consumer with weights ``W: (out, d)`` then has the regression statistics
-    ``E[a yᵀ] = cross Wᵀ`` and ``E‖y‖² = tr(W reference Wᵀ)`` for its target ``y = W z``.
-    The first moments ``E[a]`` and ``E[z]`` (:meth:`means`) let a refit absorb constants
-    into the consumer's bias (an intercept).
+    features or unfolded conv patches, see :func:`netshrink.layers.input_rows`) and
+    weights ``W: (out, d)`` this accumulates ``gram = E[a aᵀ]: (d, d)``. When the rows
+    ``z`` that the *original* model feeds the same consumer are given too (top-down
+    chaining), it also keeps ``cross = E[a zᵀ]: (d, d)`` and the energy ``E‖y‖²`` of the
+    targets ``y = W z``, with the weights the consumer has while the rows are observed
+    (the schedules observe a cut just before deciding it, while its consumers are still
+    the original's); otherwise ``cross`` is ``gram``. The regression statistics are then
+    ``E[a yᵀ] = cross Wᵀ`` and ``E‖y‖²`` — the energy costs one ``(rows, out)`` product
+    per batch instead of a third ``(d, d)`` matrix ``E[z zᵀ]``. The first moments
+    ``E[a]`` and ``E[z]`` (:meth:`means`) let a refit absorb constants into the
+    consumer's bias (an intercept).
 
     Products are float32 GEMMs summed in float64 (:func:`_add_product`) on rows shifted
     by the first rows' column means, so a large mean does not cost float32 digits when a
@@ -155,7 +159,8 @@ class GramStatistic:
         self.count = [0] * len(self.consumers)
         self._gram: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._cross: list[torch.Tensor | None] = [None] * len(self.consumers)
-        self._reference: list[torch.Tensor | None] = [None] * len(self.consumers)
+        self._energy: list[torch.Tensor | None] = [None] * len(self.consumers)         # Σ‖W(z − c_z)‖², then Σ‖Wz‖²
+        self._target_sum: list[torch.Tensor | None] = [None] * len(self.consumers)     # Σ W(z − c_z), (out,)
         self._sum: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._reference_sum: list[torch.Tensor | None] = [None] * len(self.consumers)
         self._shift: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(self.consumers)
@@ -185,10 +190,14 @@ class GramStatistic:
                                                   reference_rows.sum(dim=0, dtype=torch.float64))
                 reference_rows = reference_rows - reference_shift
                 self._cross[index] = _add_product(self._cross[index], rows, reference_rows)
-                self._reference[index] = _add_product(self._reference[index], reference_rows, reference_rows)
+                targets = reference_rows @ weight_matrix(layer).to(reference_rows.dtype).T  # (r, out)
+                self._target_sum[index] = _add(self._target_sum[index], targets.sum(dim=0, dtype=torch.float64))
+                self._energy[index] = _add(self._energy[index], targets.square_().sum(dtype=torch.float64))
 
-    def result(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(gram, cross, reference)`` of consumer ``index``, each ``(d, d)``, as means.
+    def result(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """``(gram, cross, energy)`` of consumer ``index`` as means: ``(d, d)``, ``(d, d)``
+        and ``E‖y‖²`` (None without reference rows: ``cross`` is ``gram``, and the energy
+        is ``tr(W gram Wᵀ)``).
 
         The sums are divided in place on the first call (no copy of a ``(d, d)`` matrix:
         5 GB in float64 for ``d = 25088``); the statistic takes no more rows after it.
@@ -200,26 +209,22 @@ class GramStatistic:
         if not self._averaged[index]:
             self._unshift(index)
             with torch.inference_mode():
-                for total in (self._gram, self._reference):
-                    if total[index] is not None:
-                        _symmetrise(total[index])
+                _symmetrise(self._gram[index])
             scale = 1.0 / self.count[index]
             with torch.inference_mode():  # the sums are inference tensors of the observation pass
-                for total in (self._gram, self._cross, self._reference):
+                for total in (self._gram, self._cross, self._energy):
                     if total[index] is not None:
                         total[index].mul_(scale)
             self._averaged[index] = True
         if self._centred[index]:
             self._rank_one(index, 1.0)
             self._centred[index] = False
-        gram = self._gram[index]
-        if self._cross[index] is None:
-            return gram, gram, gram
-        return gram, self._cross[index], self._reference[index]
+        return self._read(index)
 
-    def centred(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(gram − μμᵀ, cross − μ·μ_zᵀ, reference − μ_z·μ_zᵀ)`` of consumer ``index``, each
-        ``(d, d)``, with ``(μ, μ_z)`` = :meth:`means`: the covariances, for a fit with an intercept.
+    def centred(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """``(gram − μμᵀ, cross − μ·μ_zᵀ, energy)`` of consumer ``index`` with ``(μ, μ_z)`` =
+        :meth:`means`: the covariances, for a fit with an intercept; the energy is
+        :meth:`result`'s (uncentred: ``E‖y − E[y]‖² = E‖y‖² − ‖W μ_z‖²``).
 
         Centred in place by rank-one updates, so no ``(d, d)`` matrix is copied. These are
         the tensors :meth:`result` returns, and each call turns them into its own form: a
@@ -229,19 +234,21 @@ class GramStatistic:
             self.result(index)
             self._rank_one(index, -1.0)
             self._centred[index] = True
+        return self._read(index)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         gram = self._gram[index]
         if self._cross[index] is None:
-            return gram, gram, gram
-        return gram, self._cross[index], self._reference[index]
+            return gram, gram, None
+        return gram, self._cross[index], float(self._energy[index])
 
     def _rank_one(self, index: int, sign: float) -> None:
-        """Add ``sign·μμᵀ`` (``sign·μ·μ_zᵀ``, ``sign·μ_z·μ_zᵀ``) to the averaged moments in place."""
+        """Add ``sign·μμᵀ`` (``sign·μ·μ_zᵀ``) to the averaged moments in place."""
         mean, reference_mean = self.means(index)
         with torch.inference_mode():  # the moments are inference tensors of the observation pass
             self._gram[index].addr_(mean, mean, alpha=sign)
             if self._cross[index] is not None:
                 self._cross[index].addr_(mean, reference_mean, alpha=sign)
-                self._reference[index].addr_(reference_mean, reference_mean, alpha=sign)
 
     def means(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E[a], E[z])`` of consumer ``index``, each ``(d,)`` (equal without a reference)."""
@@ -261,7 +268,7 @@ class GramStatistic:
         for index in range(len(self.consumers)):
             self._unshift(index)
         self.count = ranks.sum_counts(self.count)
-        for sums in (self._gram, self._cross, self._reference, self._sum, self._reference_sum):
+        for sums in (self._gram, self._cross, self._energy, self._sum, self._reference_sum):
             sums[:] = ranks.sum(sums)
 
 
@@ -269,7 +276,8 @@ class GramStatistic:
         """Turn consumer ``index``'s products of shifted rows ``a − c`` (and ``z − c_z``)
         into products of the rows themselves, in float64, in place:
         ``Σ a zᵀ = Σ(a−c)(z−c_z)ᵀ + c s_zᵀ + s c_zᵀ + N c c_zᵀ`` with ``s = Σa − N c``
-        (the sums ``Σa`` are of the rows themselves, exact in float64)."""
+        (the sums ``Σa`` are of the rows themselves, exact in float64); likewise
+        ``Σ‖Wz‖² = Σ‖W(z−c_z)‖² + 2 Wc_z·ΣW(z−c_z) + N‖Wc_z‖²``."""
         if self._shift[index] is None:
             return
         count = self.count[index]
@@ -280,8 +288,12 @@ class GramStatistic:
             if reference_shift is not None:
                 reference_shifted = self._reference_sum[index] - count * reference_shift
                 _unshift_product(self._cross[index], shift, shifted, reference_shift, reference_shifted, count)
-                _unshift_product(self._reference[index], reference_shift, reference_shifted, reference_shift,
-                                 reference_shifted, count)
+                weight = weight_matrix(self.consumers[index])
+                target_shift = torch.cat([weight[a:b].to(torch.float64) @ reference_shift
+                                          for a, b in row_spans(weight.shape[0], weight.shape[1])])
+                self._energy[index] += (2 * target_shift @ self._target_sum[index]
+                                        + count * target_shift @ target_shift)
+                self._target_sum[index] = None
         self._shift[index] = None
 
 
@@ -306,10 +318,6 @@ def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
     return term if total is None else total.add_(term)
 
 
-#: Columns of one float32 product block: bounds the float32 temporary to ``d × 4096``.
-_PRODUCT_COLUMNS = 4096
-
-
 def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``total + aᵀb`` in float64 for rows ``a: (r, d)``, ``b: (r, e)``.
 
@@ -317,13 +325,13 @@ def _add_product(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -
     the time of a float64 GEMM) over at most :data:`~netshrink.layers.PRODUCT_ROWS`
     rows, summed into the float64 total; with rounding ``u`` = 6e-8, each block's entries
     are within about ``√r·u`` of exact relative to ``Σ|aᵢbⱼ|``, and the float64 sum adds
-    nothing more. Blocks of columns keep the float32 temporary small for wide inputs.
+    nothing more. Blocks of columns bound the temporaries (the product and its float64
+    cast) to :data:`~netshrink.linalg.blocks.CHUNK_ELEMENTS` entries each, whatever ``d``.
     """
     if total is None:
         total = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
-    for start in range(0, b.shape[1], _PRODUCT_COLUMNS):
-        block = b[:, start:start + _PRODUCT_COLUMNS]
-        total[:, start:start + block.shape[1]] += a.T @ block
+    for start, stop in row_spans(b.shape[1], a.shape[1]):
+        total[:, start:stop] += a.T @ b[:, start:stop]
     return total
 
 

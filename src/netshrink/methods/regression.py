@@ -6,7 +6,8 @@ targets ``y = W_i z`` (Robin problem (6), targets per chaining strategy §2.7). 
 observed :class:`~netshrink.observe.GramStatistic` the problem is, in expectation form,
 
     gram = E[x xᵀ] (d, d),   cross = E[x yᵀ] = E[x zᵀ] W_iᵀ (d, out),
-    energy = E‖y‖² = tr(W_i E[z zᵀ] W_iᵀ).
+    energy = E‖y‖² (accumulated from the targets as they are observed; without
+             reference rows z = x and it is tr(W_i gram W_iᵀ)).
 
 When the consumer has a bias, the fit has an intercept: the bias absorbs the constant
 part of the targets, so the problem is posed on the centred statistics
@@ -102,24 +103,24 @@ def regressions(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
     problems = []
     for index, layer in enumerate(consumers):
         centred = layer.bias is not None and intercept
-        gram, cross, reference = statistic.centred(index) if centred else statistic.result(index)
+        gram, cross, energy = statistic.centred(index) if centred else statistic.result(index)
         weight = weight_matrix(layer).to(gram.device)
         group = weight.shape[1] // cut.width
         targets = cross @ weight.T  # E[x yᵀ], (d, out)
-        # E‖y‖² = tr(W·reference·Wᵀ); without reference rows cross is reference, and the
-        # trace is ⟨W, targetsᵀ⟩
-        energy = inner(weight, targets.T) if reference is cross else _quadratic_trace(weight, reference)
+        # without reference rows the targets are the consumer's own outputs: cross is the
+        # (centred) gram and E‖y‖² = tr(W·gram·Wᵀ) = ⟨W, targetsᵀ⟩ (centred with it)
+        reference_free = energy is None
+        if reference_free:
+            energy = inner(weight, targets.T)
         if not centred:
             problems.append(Regression(gram, targets, energy, weight, group))
             continue
         mean, reference_mean = statistic.means(index)
-        problems.append(Regression(gram, targets, max(energy, 0.0), weight, group, mean, weight @ reference_mean))
+        target_mean = weight @ reference_mean
+        if not reference_free:
+            energy -= float(target_mean @ target_mean)
+        problems.append(Regression(gram, targets, max(energy, 0.0), weight, group, mean, target_mean))
     return problems
-
-
-def _quadratic_trace(weight: torch.Tensor, matrix: torch.Tensor) -> float:
-    """``tr(W·matrix·Wᵀ)`` for ``W: (out, d)``, ``matrix: (d, d)``, by blocks of rows of ``W``."""
-    return sum(inner(weight[a:b] @ matrix, weight[a:b]) for a, b in row_spans(weight.shape[0], matrix.shape[1]))
 
 
 def stacked(problems: list[Regression], width: int) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | int]:
