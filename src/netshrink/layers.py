@@ -112,9 +112,10 @@ def group_size(module: nn.Module, width: int) -> int:
     return inputs // width
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's weights as ``(out, in·s)`` in float64, columns grouped by input unit."""
-    weight = module.weight.detach().to(torch.float64)
+def weight_matrix(module: nn.Module, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """The layer's weights as ``(out, in·s)`` in float64, columns grouped by input unit
+    (``dtype=None``: in their own dtype, a view with no copy)."""
+    weight = module.weight.detach() if dtype is None else module.weight.detach().to(dtype)
     if is_transposed_linear(module):
         return weight.T
     return weight.reshape(weight.shape[0], -1)

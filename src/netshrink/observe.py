@@ -190,7 +190,7 @@ class GramStatistic:
                                                   reference_rows.sum(dim=0, dtype=torch.float64))
                 reference_rows = reference_rows - reference_shift
                 self._cross[index] = _add_product(self._cross[index], rows, reference_rows)
-                targets = reference_rows @ weight_matrix(layer).to(reference_rows.dtype).T  # (r, out)
+                targets = reference_rows @ weight_matrix(layer, None).to(reference_rows.dtype).T  # (r, out)
                 self._target_sum[index] = _add(self._target_sum[index], targets.sum(dim=0, dtype=torch.float64))
                 self._energy[index] = _add(self._energy[index], targets.square_().sum(dtype=torch.float64))
 
@@ -288,7 +288,7 @@ class GramStatistic:
             if reference_shift is not None:
                 reference_shifted = self._reference_sum[index] - count * reference_shift
                 _unshift_product(self._cross[index], shift, shifted, reference_shift, reference_shifted, count)
-                weight = weight_matrix(self.consumers[index])
+                weight = weight_matrix(self.consumers[index], None)
                 target_shift = torch.cat([weight[a:b].to(torch.float64) @ reference_shift
                                           for a, b in row_spans(weight.shape[0], weight.shape[1])])
                 self._energy[index] += (2 * target_shift @ self._target_sum[index]

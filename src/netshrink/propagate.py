@@ -28,6 +28,7 @@ passes: each stage runs the same operations on the same values.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 
@@ -364,10 +365,14 @@ def top_down(
                                     feed=feed)[cut.name]
             decision = method.decide(cut, statistic, [layer_at(model, p) for p in cut.consumers],
                                      [layer_at(model, p) for p in cut.producers])
+            del statistic  # its (d, d) moments are not held while the next cut is observed
             apply_decision(model, cut, decision)
             if span is None and caches is not None:
                 caches.reset()  # a cut outside the stages may have changed what they start from
-            decisions.append((cut, decision))
+            # the model holds the new weights now: the record keeps what the report reads
+            # (a deep model's float64 consumer weights would otherwise pile up cut by cut)
+            decisions.append((cut, dataclasses.replace(decision, consumer_weights=(), factors=None, bias_shifts=())))
+            del decision
         if residency is not None:
             residency.finish()
     finally:

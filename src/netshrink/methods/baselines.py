@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..graph import Cut
 from ..layers import columns_of, weight_matrix
+from ..linalg.blocks import row_spans
 from ..observe import GramStatistic
 from .base import Decision, Method, check_keep, count_from_fraction, units_to_keep
 from .regression import bias_shifts, refit, regressions, relative_error
@@ -109,7 +110,9 @@ class Random(_Support):
 def _unit_scores(cut: Cut, index: int, layer: nn.Module) -> torch.Tensor:
     """``(width,)``: the squared norm of the rows each unit owns in producer ``index``."""
     rows = cut.producer_rows(index, torch.arange(cut.width))
-    scores = weight_matrix(layer).pow(2).sum(dim=1)[rows.to(layer.weight.device)].cpu()
+    weight = weight_matrix(layer, None)  # squared in float64 by row blocks: no (out, in) float64 copy
+    squares = torch.cat([weight[a:b].to(torch.float64).square().sum(dim=1) for a, b in row_spans(*weight.shape)])
+    scores = squares[rows.to(layer.weight.device)].cpu()
     return scores.reshape(len(cut.segments(index)), cut.width, -1).sum(dim=(0, 2))
 
 
