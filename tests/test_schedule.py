@@ -13,15 +13,18 @@ from models import Chain
 
 
 class Recording(Magnitude):
-    """Magnitude + refit that records the regression problem each cut was given."""
+    """Magnitude + refit that records the regression problem each cut was given and the
+    decision it made (top-down's returned decisions no longer carry their weights)."""
 
     def __init__(self):
         super().__init__(keep=0.5, refit=True)
         self.problems = {}
+        self.decisions = {}
 
     def decide(self, cut, statistic, consumers, producers):
         self.problems[cut.name] = regressions(cut, statistic, consumers)[0]
-        return super().decide(cut, statistic, consumers, producers)
+        self.decisions[cut.name] = super().decide(cut, statistic, consumers, producers)
+        return self.decisions[cut.name]
 
 
 def _setup():
@@ -37,8 +40,11 @@ def _run(chaining):
     method = Recording()
     shrunk = Chain([6, 10, 8, 3]).double().eval()
     shrunk.load_state_dict(model.state_dict())
-    decisions = dict((cut.name, d) for cut, d in run_schedule(shrunk, cuts, Calibration(x, 100), method, chaining))
-    return model, x, method.problems, decisions
+    returned = run_schedule(shrunk, cuts, Calibration(x, 100), method, chaining)
+    assert sorted(cut.name for cut, _ in returned) == sorted(method.decisions)
+    for cut, decision in returned:
+        assert torch.equal(decision.kept, method.decisions[cut.name].kept)
+    return model, x, method.problems, method.decisions
 
 
 def _moments(x, y):

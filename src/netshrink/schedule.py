@@ -53,6 +53,9 @@ def run_schedule(
     ranks' shards, and a parallel schedule spreads its solves over the ranks.
 
     ``model`` must be the caller's private copy: it is rewritten as the schedule goes.
+    Top-down returns its decisions once applied, without their weight tensors (the model
+    holds those; a deep model's would otherwise pile up cut by cut): their kept units,
+    errors and details.
     """
     if chaining not in CHAININGS:
         raise InvalidInputError(f"unknown chaining {chaining!r}; use one of {', '.join(CHAININGS)}")
