@@ -173,6 +173,7 @@ class GramStatistic:
         layer = self.consumers[index]
         chunks = input_rows(layer, current)
         paired = input_rows(layer, original) if original is not None else None
+        weight = None  # the consumer's weights in the rows' dtype, converted once per update
         for rows in chunks:
             if self._shift[index] is None and self._gram[index] is not None:
                 raise InvalidInputError("the statistics of this consumer were already read; they take no more rows")
@@ -190,7 +191,9 @@ class GramStatistic:
                                                   reference_rows.sum(dim=0, dtype=torch.float64))
                 reference_rows = reference_rows - reference_shift
                 self._cross[index] = _add_product(self._cross[index], rows, reference_rows)
-                targets = reference_rows @ weight_matrix(layer, None).to(reference_rows.dtype).T  # (r, out)
+                if weight is None:
+                    weight = weight_matrix(layer, None).to(reference_rows.dtype)
+                targets = reference_rows @ weight.T  # (r, out)
                 self._target_sum[index] = _add(self._target_sum[index], targets.sum(dim=0, dtype=torch.float64))
                 self._energy[index] = _add(self._energy[index], targets.square_().sum(dtype=torch.float64))
 

@@ -426,7 +426,7 @@ class _Walk:
             for other in tracked:
                 self.check(self.values[other].expand(shape), varying,
                            f"{name} joins them with {what} that no layer writes and that varies "
-                                    "along them (as a residual stream joins an embedding)")
+                           "along them (as a residual stream joins an embedding)")
         self.values[node] = self.combine(expanded)
         self._label(self.values[node], name)
 
