@@ -87,7 +87,7 @@ import scipy.linalg.interpolative as sli  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT.parent / "src"))
-from netshrink.bench import latency_ms  # noqa: E402
+from netshrink.timing import latency_ms  # noqa: E402
 from netshrink.linalg import cpqr, interpolative_decomposition  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.bench import BenchRow, bench, latency_ms, table
+from netshrink.bench import BenchRow, bench, table
+from netshrink.timing import latency_ms
 from netshrink.errors import InvalidInputError
 
 

@@ -71,13 +71,12 @@ def test_conv_channels_are_selected_by_groups_of_patch_columns():
         assert result.model(x).shape == (200, 4)
 
 
-def test_size_budget_finds_the_largest_model_below_it():
+def test_size_budget_is_met_by_one_allocation():
     model, x = _chain(6)
     result = netshrink.compress(model, x, "group_lasso", size=0.4)
-    assert result.ratio <= 0.4
-    assert result.options["size"] == 0.4 and 0 < result.options["lam"] <= 1
-    looser = netshrink.compress(model, x, "group_lasso", lam=result.options["lam"] / 2)
-    assert looser.ratio > result.ratio
+    assert result.ratio <= 0.4 and result.options["size"] == 0.4 and "lam" not in result.options
+    assert result.budget["achieved"] == result.ratio == result.budget["predicted"]
+    assert {layer.name: layer.kept for layer in result.layers} == result.budget["widths"]
 
 
 @pytest.mark.parametrize("options,match", [
@@ -89,8 +88,8 @@ def test_size_budget_finds_the_largest_model_below_it():
     ({"lam": 0.1, "weighting": "size"}, "unknown weighting .size.; use one of parameters, uniform"),
     ({"lam": 0.1, "gap_tol": 0}, "gap_tol"),
     ({"lam": 0.1, "debias": "yes"}, "debias must be"),
-    ({"size": 1.5}, "size must be"),
-    ({"size": 0.5, "lam": 0.1}, "one budget"),
+    ({"size": 1.5}, "size must be the fraction of the model's parameters to keep, in \\(0, 1\\]; got 1.5"),
+    ({"size": 0.5, "lam": 0.1}, "size=0.5 is a budget and so is lam: give one of them"),
     ({"lam": 0.1, "tol": 0.1}, "has no option tol"),
 ])
 def test_bad_options(options, match):

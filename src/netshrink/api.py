@@ -16,11 +16,14 @@ from torch import nn
 
 from . import batches, distributed
 from .activation_cache import CacheOptions
+from .budget import BUDGET_KINDS, Budget, take_budget
+from .budget.plan import achieved, cost_model, loss_curves, plan
 from .atomic import atomic_directory
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, require_cuts, select_cuts
 from .methods import METHODS, Method, make_method
+from .methods.base import Widths
 from .methods.warm_start import WarmStarts
 from .modules import build, spec
 from .observe import Calibration
@@ -76,6 +79,11 @@ class Compression:
             head counts of a pruned attention).
         config: fields of ``model.config`` set to the new widths (a Hugging Face model
             whose every layer keeps the same FFN width or head count).
+        budget: for a ``size``/``flops``/``latency`` budget, what was asked and reached:
+            ``kind``, ``unit``, ``target``, ``achieved`` (the compressed model's fraction:
+            parameters and FLOPs counted on it, latency as the table predicts it),
+            ``predicted`` (the allocation's), ``estimated_loss`` and the ``widths`` per cut
+            (:mod:`netshrink.budget`); empty otherwise.
     """
 
     model: nn.Module
@@ -88,6 +96,7 @@ class Compression:
     skipped: list = field(default_factory=list, repr=False)
     attributes: dict = field(default_factory=dict, repr=False)
     config: dict = field(default_factory=dict, repr=False)
+    budget: dict = field(default_factory=dict, repr=False)
 
     @property
     def ratio(self) -> float:
@@ -109,6 +118,9 @@ class Compression:
             f"parameters: {self.params_before:,} -> {self.params_after:,} "
             f"({100 * self.ratio:.1f}%)"
         )
+        if self.budget:
+            rows.append(f"budget: {self.budget['kind']} {self.budget['target']:g} of the {self.budget['unit']}, "
+                        f"reached {self.budget['achieved']:.4g}")
         return "\n".join(rows)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False, *, source: dict | None = None,
@@ -153,6 +165,7 @@ class Compression:
                         for path, original in self.original_shapes.items()},
             "attributes": self.attributes,
             "config": self.config,
+            **({"budget": self.budget} if self.budget else {}),
             **({"source": source} if source is not None else {}),
         }
 
@@ -233,9 +246,7 @@ def compress(
               ``"altmin"``), ``gap_tol`` (the solver's relative duality gap, default 1e-4),
               ``weighting`` (``"parameters"``, the default: each cut's fraction is scaled
               by the parameters its units cost relative to the other cuts; ``"uniform"``:
-              the same fraction everywhere; see :mod:`netshrink.methods.group_lasso`);
-              or ``size``: the fraction of the model's parameters to keep, reached by a
-              bisection on ``lam`` (one whole compression per step).
+              the same fraction everywhere; see :mod:`netshrink.methods.group_lasso`).
             - ``"multitask_lasso"`` (Shenouda et al., one Linear layer's inputs): ``lam``
               (the seed's absolute scale), ``solver`` (``"fista"``, or ``"prox_adam"``
               with ``mu`` and an optional ``max_seconds`` cap), ``warm_start``, ``seed``,
@@ -244,6 +255,15 @@ def compress(
             - baselines: ``"magnitude"`` (``keep``, ``refit=False``), ``"random"``
               (``keep``, ``refit=True``, ``seed``), ``"lowrank"`` (``keep``: fraction of
               each consumer's rank; it removes no unit).
+
+            Instead of the method's own budget, every method takes a global one:
+            ``size`` (fraction of the parameters), ``flops`` (fraction of the forward
+            FLOPs at the first calibration batch's shape) or ``latency`` (fraction of the
+            batch-1 latency, from a per-layer table measured on this machine). One solve
+            then gives every cut its width — the least estimated loss within the budget
+            (:mod:`netshrink.budget`) — and the method compresses each cut to it;
+            ``output_loss`` (``"auto"``, ``"kl"``, ``"mse"``) is the loss whose increase
+            is estimated. ``Compression.budget`` reports the target and what was reached.
         chaining: ``"top_down"``, ``"parallel"`` or ``"bottom_up"`` (Robin §2.7; see
             :mod:`netshrink.schedule`).
         coupling: how a tensor read or written by several layers (residual streams) is
@@ -276,14 +296,15 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    size = options.pop("size", None)
-    if size is None:
-        _strategy(method, options)  # bad options fail before any work
+    budget = take_budget(options)
+    output_loss = options.pop("output_loss", None)
+    _check_budgeted(method, budget, output_loss, onload)
+    _strategy(method, {**options, "keep": 1.0} if budget is not None else options)  # bad options fail first
     data = Calibration(calibration, batch_size=batch_size)
     example = data.first()
     distributed.check_same_job(model, example, {
         "method": method if isinstance(method, str) else type(method).__qualname__, "options": options,
-        "size": size, "chaining": chaining, "coupling": coupling, "layers": layers, "layer": layer})
+        "budget": budget, "chaining": chaining, "coupling": coupling, "layers": layers, "layer": layer})
     batches.check_for(model, example)
     every, skipped, cuts = _find(model, coupling, example, layers, layer)
     keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
@@ -300,23 +321,74 @@ def compress(
                                     cache=cache, onload=residency)
 
     if onload is not None:
-        _check_onload(model, chaining, size)
+        _check_onload(model, chaining)
         with atomic_directory(onload.output, overwrite=onload.overwrite) as folder:
             shrunk, decisions = attempt(options, folder)
             result = _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining,
                                   coupling, layer, example, runs=False)
             result._write_onloaded(Path(folder))
         return result
-    if size is None:
+    if budget is None:
         shrunk, decisions = attempt(options)
-    else:
-        shrunk, decisions, options = _fit_size(model, method, size, options, attempt, progress)
-    return _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling,
-                        layer, example)
+        return _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling,
+                            layer, example)
+    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress)
+    chosen = pricing.plan(budget)
+    shrunk, decisions = attempt({**options, "keep": chosen.widths})
+    return pricing.compression(chosen, shrunk, decisions, every, skipped, chaining, coupling, layer)
+
+
+class _Pricing:
+    """What budgets of a compression share: the cuts' loss curves (computed once, on the
+    first budget) and a cost model per budget kind."""
+
+    def __init__(self, model, cuts, data, method, options, example, output_loss, progress):
+        self.model, self.cuts, self.data, self.method = model, cuts, data, method
+        self.options, self.example, self.output_loss, self.progress = options, example, output_loss, progress
+        self._knobs = None
+        self._costs = {}
+
+    def plan(self, budget):
+        if self._knobs is None:
+            planner = _strategy(self.method, {**self.options, "keep": 1.0})
+            planner.prepare(self.model, self.cuts)
+            self._knobs = loss_curves(self.model, self.cuts, self.data, planner,
+                                      output_loss=self.output_loss or "auto", progress=self.progress)
+        if budget.kind not in self._costs:
+            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example)
+        return plan(self._knobs, self._costs[budget.kind], budget)
+
+    def compression(self, chosen, shrunk, decisions, every, skipped, chaining, coupling, layer) -> Compression:
+        """The :class:`Compression` of a budget's ``shrunk`` model, with its budget report."""
+        budget = chosen.budget
+        recorded = {**self.options, budget.kind: budget.fraction,
+                    **({"output_loss": self.output_loss} if self.output_loss else {})}
+        result = _compression(self.model, shrunk, self.cuts, decisions, every, skipped, self.method, recorded,
+                              chaining, coupling, layer, self.example)
+        kept = {report.name: report.kept for report in result.layers}
+        result.budget = {**chosen.report(),
+                         "achieved": achieved(budget, self.model, shrunk, self.example, chosen.costs, kept)}
+        return result
+
+
+def _check_budgeted(method, budget, output_loss, onload) -> None:
+    """A ``size``/``flops``/``latency`` budget is allocated for a method by name."""
+    if output_loss is not None and budget is None:
+        raise InvalidInputError("output_loss weighs cuts under a size, flops or latency budget; give one of them")
+    if budget is None:
+        return
+    if not isinstance(method, str):
+        raise InvalidInputError(
+            f"a {type(method).__name__} object carries its own budget; a {budget.kind} budget is allocated for a "
+            "method by name (or compute widths with netshrink.budget.plan and pass keep=Widths(...))"
+        )
+    if onload is not None:
+        raise InvalidInputError(f"{budget.kind}= observes every cut of the whole model at once to allocate the "
+                                "widths; with onload give keep= or lam=")
 
 
 #: The options that set a method's budget; a sweep varies one of them per budget.
-BUDGETS = ("lam", "keep", "tol", "size")
+BUDGETS = ("lam", "keep", "tol", *BUDGET_KINDS)
 
 
 def sweep(
@@ -406,7 +478,10 @@ def sweep(
             "sweep runs in one process; inside a process group of several ranks, call compress at each budget "
             "(each rank with its shard)"
         )
+    output_loss = options.pop("output_loss", None)
     checked = _checked_budgets(method, budgets, options)
+    if output_loss is not None and not any(name in BUDGET_KINDS for name, _ in checked):
+        raise InvalidInputError("output_loss weighs cuts under a size, flops or latency budget; give one of them")
     if not checked:
         return []
     data = Calibration(calibration, batch_size=batch_size)
@@ -415,6 +490,7 @@ def sweep(
     batches.check_for(model, example)
     every, skipped, cuts = _find(model, coupling, example, layers, layer)
     warm = WarmStarts() if warm_starts else None
+    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress)
     # along the λ path from the largest λ (fewest units) down, then the other budgets as given
     order = sorted(range(len(checked)), key=lambda i: (0, -checked[i][1]) if checked[i][0] == "lam" else (1, i))
     if progress:
@@ -433,11 +509,14 @@ def sweep(
             strategy.prepare(model, chosen)
             return shared.compress(chosen, strategy)
 
-        if name == "size":
-            shrunk, decisions, used = _fit_size(model, method, value, dict(options), attempt, progress)
-        else:
-            used = {**options, name: value}
-            shrunk, decisions = attempt(used)
+        if name in BUDGET_KINDS:
+            allocated = pricing.plan(Budget(name, float(value)))
+            shrunk, decisions = attempt({**options, "keep": allocated.widths})
+            results[index] = pricing.compression(allocated, shrunk, decisions, every, skipped, chaining, coupling,
+                                                 layer)
+            continue
+        used = {**options, name: value}
+        shrunk, decisions = attempt(used)
         results[index] = _compression(model, shrunk, chosen, decisions, every, skipped, method, used, chaining,
                                       coupling, layer, example)
     return results
@@ -464,9 +543,9 @@ def _checked_budgets(method: str, budgets, options: dict) -> list[tuple[str, obj
             )
         ((name, value),) = budget.items()
         try:
-            if name == "size":
-                _check_size(method, value, options)
-                _strategy(method, {**options, "lam": 1.0})
+            if name in BUDGET_KINDS:
+                take_budget({name: value})
+                _strategy(method, {**options, "keep": 1.0})
             else:
                 _strategy(method, {**options, name: value})
         except InvalidInputError as exc:
@@ -487,8 +566,9 @@ def _find(model: nn.Module, coupling: str, example, layers, layer) -> tuple[list
 
 
 def _budget_cuts(cuts: list, keep, layers, layer) -> list:
-    """The cuts a ``keep={kind: fraction}`` budget compresses (all of ``cuts`` otherwise)."""
-    if layer is None and layers is None and isinstance(keep, Mapping):
+    """The cuts a ``keep={kind: fraction}`` budget compresses (all of ``cuts`` otherwise,
+    a :class:`~netshrink.methods.base.Widths` included: the cuts it does not name keep every unit)."""
+    if layer is None and layers is None and isinstance(keep, Mapping) and not isinstance(keep, Widths):
         return _of_kinds(cuts, keep)
     return cuts
 
@@ -532,12 +612,10 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
     )
 
 
-def _check_onload(model: nn.Module, chaining: str, size) -> None:
+def _check_onload(model: nn.Module, chaining: str) -> None:
     if chaining != "top_down":
         raise InvalidInputError(f"onloading compresses block by block, which top-down chaining does; "
                                 f"chaining={chaining!r} needs every block at once")
-    if size is not None:
-        raise InvalidInputError("size= bisects whole compressions; with onload give keep= or lam=")
     if not has_meta_parameters(model):
         raise InvalidInputError("onload expects a model built with its parameters on the meta device "
                                 "(netshrink.onload.parameters_on_meta()); this one holds its weights already: "
@@ -640,47 +718,6 @@ def _strategy(method, options: dict) -> Method:
     if given:
         raise InvalidInputError(f"a Method object carries its own options; got {given} beside it")
     return method
-
-
-def _fit_size(model, method, size, options, attempt, progress: bool):
-    """The largest group-lasso compression with at most ``size`` of the parameters.
-
-    Bisection on the relative λ (the number of parameters falls as λ grows), 12 steps
-    on a log scale in [1e-4, 1]; every step is one whole compression.
-    """
-    _check_size(method, size, options)
-    total = count_parameters(model)
-    low, high = 1e-4, 1.0
-    best = attempt({**options, "lam": high})
-    if count_parameters(best[0]) > size * total:
-        raise InvalidInputError(
-            f"no λ reaches size={size:g}: even λ = λ_max keeps {count_parameters(best[0]) / total:.1%} "
-            "of the parameters (layers outside the cuts and the last layer are never shrunk)"
-        )
-    best_lam = high
-    steps = range(12)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=f"λ search for size={size:g}", unit="compression", leave=False)
-    for _ in steps:
-        middle = (low * high) ** 0.5
-        shrunk, decisions = attempt({**options, "lam": middle})
-        if count_parameters(shrunk) <= size * total:
-            best, best_lam, high = (shrunk, decisions), middle, middle
-        else:
-            low = middle
-    return best[0], best[1], {**options, "lam": best_lam, "size": size}
-
-
-def _check_size(method, size, options: dict) -> None:
-    """``size`` is a fraction in (0, 1] of the parameters, a budget of ``group_lasso`` alone."""
-    if method != "group_lasso":
-        raise InvalidInputError(f"size= is a budget of method 'group_lasso', not of {method!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 1:
-        raise InvalidInputError(f"size must be the fraction of the parameters to keep, in (0, 1]; got {size!r}")
-    if options.get("lam") is not None or options.get("keep") is not None:
-        raise InvalidInputError("give one budget: size, lam or keep")
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:

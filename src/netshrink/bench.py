@@ -23,13 +23,12 @@ import math
 import os
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,8 +40,10 @@ from . import batches
 from .api import count_parameters
 from .errors import InvalidInputError, NetshrinkError
 from .onnx_export import check_onnx, evaluating, export_onnx, feeds, file_size, session
+from .evaluate import model_device
+from .timing import forward_call, latency_ms, thread_count
 
-__all__ = ["BenchRow", "bench", "latency_ms", "peak_mib_onnxruntime", "peak_mib_pytorch", "table"]
+__all__ = ["BenchRow", "bench", "peak_mib_onnxruntime", "peak_mib_pytorch", "table"]
 
 #: Seconds after which a memory measurement is abandoned (its value is then NaN).
 PEAK_TIMEOUT = 600.0
@@ -64,52 +65,6 @@ class BenchRow:
     speedup: float
     original_peak_mib: float
     compressed_peak_mib: float
-
-
-def latency_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after
-    ``warmup`` untimed calls (``time.perf_counter``)."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise InvalidInputError(f"repeats must be a positive integer, got {repeats!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise InvalidInputError(f"warmup must be a non-negative integer, got {warmup!r}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-@contextlib.contextmanager
-def _threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _device(model: nn.Module) -> torch.device:
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _pytorch_call(model: nn.Module, batch) -> Callable[[], object]:
-    """A function running one forward pass of ``batch`` (already on the model's device)."""
-    device = _device(model)
-    batch = batches.to_device(batch, device)
-    if device.type == "cuda":
-        def run():
-            output = batches.call(model, batch)
-            torch.cuda.synchronize(device)
-            return output
-        return run
-    return lambda: batches.call(model, batch)
 
 
 # --------------------------------------------------------------------------------------
@@ -176,7 +131,7 @@ def _wait_child(pid: int, read_fd: int, timeout: float) -> bytes | None:
 def peak_mib_pytorch(model: nn.Module, batch, *, timeout: float = PEAK_TIMEOUT) -> float:
     """Peak memory (MiB) that holding a copy of ``model`` and running ``batch`` through it
     adds to this process; NaN where it cannot be measured (see :func:`bench`)."""
-    if not _measurable() or _device(model).type != "cpu":
+    if not _measurable() or model_device(model).type != "cpu":
         return math.nan
     batch = batches.to_device(batch, torch.device("cpu"))
     read_fd, write_fd = os.pipe()
@@ -327,14 +282,14 @@ def bench(original: nn.Module, compressed: nn.Module, batch1, batch64, *, thread
         "warmup": warmup,
         "rows": [],
     }
-    with _threads(threads), contextlib.ExitStack() as stack:
+    with thread_count(threads), contextlib.ExitStack() as stack:
         for model in models.values():
             stack.enter_context(evaluating(model))
         for batch in examples:
             ms, peak = {}, {}
             for name, model in models.items():
                 with torch.inference_mode():
-                    ms[name] = latency_ms(_pytorch_call(model, batch), repeats, warmup)
+                    ms[name] = latency_ms(forward_call(model, batch), repeats, warmup)
                 peak[name] = peak_mib_pytorch(model, batch)
             result["rows"].append(_row("pytorch", batch, ms, peak))
         if onnx:

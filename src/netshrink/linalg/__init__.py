@@ -12,6 +12,7 @@ from netshrink.linalg.group_lasso import (
     group_labels,
     group_lasso,
     group_lasso_keep,
+    group_lasso_path_order,
     lambda_max,
 )
 from netshrink.linalg.interpolative import InterpolativeDecomposition, interpolative_decomposition
@@ -30,7 +31,7 @@ from netshrink.linalg.spectral import spectral_norm
 
 __all__ = [
     "CPQR", "cpqr", "InterpolativeDecomposition", "interpolative_decomposition", "spectral_norm",
-    "GroupLassoResult", "group_lasso", "group_lasso_keep", "lambda_max", "duality_gap", "group_labels",
+    "GroupLassoResult", "group_lasso", "group_lasso_keep", "group_lasso_path_order", "lambda_max", "duality_gap", "group_labels",
     "lstsq_from_gram", "lstsq_from_gram_block", "MultitaskLassoResult", "ProxAdamResult", "multitask_lasso_fista",
     "multitask_objective", "multitask_objective_data", "multitask_statistics", "prox_adam", "prox_adam_gram",
 ]

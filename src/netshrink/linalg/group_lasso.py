@@ -413,6 +413,55 @@ def group_lasso_keep(
     return finished(best, chosen)
 
 
+def group_lasso_path_order(
+    gram, cross, groups=None, solver: str = "fista", tol: float = 1e-6, *,
+    energy: float | None = None, steps: int = 16, smallest: float = 1e-3,
+) -> torch.Tensor:
+    """``(groups,)`` int64: the groups in the order they enter the ℓ2,1 solution as λ falls.
+
+    The regularisation path is followed on ``steps`` values of λ, geometrically from
+    ``0.9·λ_max`` (:func:`lambda_max`) down to ``smallest·λ_max``, each solve warm-started
+    from the previous one (the output-side reduction computed once). A group's rank is
+    the largest λ at which it is active; groups entering at the same λ are ranked by their
+    norm there (larger first). Groups still inactive at the smallest λ follow, ranked by
+    how much they violate their optimality condition there ``‖(cross − gram Mᵀ)_g‖`` —
+    the order in which the path would take them next; groups identically zero in the
+    statistics come last.
+    """
+    gram, cross, energy = _checked(gram, cross, energy)
+    if solver not in SOLVERS:
+        raise InvalidInputError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    _check_tol(tol)
+    groups = _normalised_groups(groups)
+    structure = _Groups(gram.shape[0], groups, gram.device)
+    count = structure.count
+    top = lambda_max(cross, groups)
+    entry = torch.full((count,), steps, dtype=torch.int64)
+    size = torch.zeros(count, dtype=torch.float64)
+    if top == 0:
+        return torch.arange(count)
+    basis = _output_basis(cross)
+    reduced = cross if basis is None else cross @ basis
+    M = None
+    for step, fraction in enumerate(np.geomspace(0.9, smallest, steps)):
+        lam = float(fraction) * top
+        M, _ = _solve_reduced(gram, reduced, energy, lam, structure, solver, tol, M, max_iter=20000, eps=None,
+                              restart=True, newton=True, callback=None)
+        norms = structure.norms(M).cpu()
+        new = (norms > 0) & (entry == steps)
+        entry[new], size[new] = step, norms[new]
+        if not bool((entry == steps).any()):
+            break
+    waiting = entry == steps
+    if bool(waiting.any()):
+        full = M if basis is None else basis @ M
+        _, _, violations = _Problem(gram, cross, lam, structure, energy).violations(full)
+        size[waiting] = violations.cpu()[waiting]
+    # sort by entry step (earlier first), then by size (larger first)
+    key = entry.to(torch.float64) - size / (2 * float(size.max()) + 1e-300)
+    return torch.argsort(key, stable=True)
+
+
 @dataclass(frozen=True)
 class _Solved:
     """One solve of :func:`group_lasso_keep`: ``M: (r, d)`` in the reduced outputs, the

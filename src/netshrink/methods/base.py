@@ -54,6 +54,10 @@ class Method(Protocol):
     #: True when the method needs the original model's inputs beside the current ones
     #: (targets ``y = W z`` of top-down chaining, Robin §2.7).
     needs_reference: bool
+    #: True when the kept units' consumer weights are refitted by least squares (the
+    #: loss curves of a budget allocation assume a refit; otherwise the removed units'
+    #: contribution is simply lost, :mod:`netshrink.budget.curves`).
+    refits: bool = True
 
     def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
         """Called once with the original model and every cut to be compressed, before
@@ -67,6 +71,24 @@ class Method(Protocol):
                producers: list[nn.Module]) -> Decision:
         """Choose the units to keep and the consumers' new input weights (from the
         statistic and the current consumer/producer layers; modules are not modified)."""
+
+    def order(self, cut: Cut, statistic: object, consumers: list[nn.Module],
+              producers: list[nn.Module]) -> torch.Tensor:
+        """``(width,)`` int64: the cut's units ranked by the method's own path, the unit
+        it would keep first at the front (a budget keeps a prefix of it,
+        :mod:`netshrink.budget`). A method without one cannot take a budget."""
+        raise InvalidInputError(
+            f"method {self.name!r} ranks no units, so it cannot take a size, flops or latency budget; "
+            "give it its own budget (keep=...)"
+        )
+
+
+class Widths(dict):
+    """Units kept per cut, by cut name: ``Widths({"hidden.0": 300, "hidden.1": 80})``.
+
+    The ``keep`` a budget allocation hands a method (:mod:`netshrink.budget`); a cut it
+    does not name keeps every unit.
+    """
 
 
 def check_budget(tol: float | None, keep) -> None:
@@ -88,8 +110,14 @@ def check_keep(keep) -> float | dict[str, float]:
     cut kind (``{"neurons": 0.5, "heads": 0.75}``; see :data:`netshrink.graph.KINDS`).
 
     Returns it as a float or a dict. Zero is refused: it would leave a layer with no
-    neuron or an attention with no head.
+    neuron or an attention with no head. A :class:`Widths` (units per cut, from a
+    budget allocation) is returned as it is, once its counts are checked.
     """
+    if isinstance(keep, Widths):
+        for name, count in keep.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InvalidInputError(f"Widths[{name!r}] must be a positive number of units, got {count!r}")
+        return keep
     if isinstance(keep, Mapping):
         if not keep:
             raise InvalidInputError("keep is an empty mapping; give a fraction per cut kind, e.g. {'heads': 0.5}")
@@ -121,7 +149,10 @@ def units_to_keep(keep: float | Mapping[str, float], cut: Cut) -> int:
 
     For grouped-query attention the fraction counts query heads, which must come in whole
     key/value groups: ``ceil(f·heads)`` has to be a multiple of the heads per group.
+    A :class:`Widths` gives the count itself (at most the cut's width).
     """
+    if isinstance(keep, Widths):
+        return min(keep.get(cut.name, cut.width), cut.width)
     fraction = keep.get(cut.kind, 1.0) if isinstance(keep, Mapping) else keep
     heads = cut.heads
     if heads is None or heads.per_unit == 1:

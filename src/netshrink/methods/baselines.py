@@ -73,6 +73,15 @@ class _Support(Method):
             bias_shifts=bias_shifts(problems, kept, weights) if self.refit else (),
         )
 
+    @property
+    def refits(self) -> bool:
+        return self.refit
+
+    def order(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+              producers: list[nn.Module]) -> torch.Tensor:
+        """Every unit, those :meth:`choose` takes first at the front."""
+        return self.choose(cut, consumers, producers, cut.width)
+
     def choose(self, cut: Cut, consumers: list[nn.Module], producers: list[nn.Module], k: int) -> torch.Tensor:
         """The ``k`` units to keep, ``(k,)`` int64."""
         raise NotImplementedError

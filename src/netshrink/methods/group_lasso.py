@@ -23,7 +23,8 @@ Budget, exactly one of:
   ``weighting="uniform"`` puts every cut at the same fraction of its ``λ_max``.
 - ``keep``: the fraction of units kept per cut, reached by a λ search; units that are
   identically zero on the calibration data are always removed, so a cut keeps fewer
-  when it has fewer live units.
+  when it has fewer live units — except under a width a budget allocated
+  (:class:`~netshrink.methods.base.Widths`), which is kept exactly.
 
 Warm starts: a sweep (:func:`netshrink.sweep` with ``warm_starts=True``) sets
 ``warm_starts``, a :class:`~netshrink.methods.warm_start.WarmStarts` store shared by the
@@ -48,9 +49,9 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..graph import Cut
 from ..layers import columns_of
-from ..linalg import group_lasso, group_lasso_keep, lambda_max
+from ..linalg import group_lasso, group_lasso_keep, group_lasso_path_order, lambda_max
 from ..observe import GramStatistic
-from .base import Decision, Method, check_keep, units_to_keep
+from .base import Decision, Method, Widths, check_keep, units_to_keep
 from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
 from .warm_start import WarmStarts
 
@@ -123,6 +124,11 @@ class GroupLasso(Method):
             # every unit that is not identically zero on the calibration data: the refit
             # is exact there (units that never fire carry nothing to reconstruct)
             kept = live if len(live) else torch.zeros(1, dtype=torch.int64)
+            if isinstance(self.keep, Widths) and wanted > len(kept):
+                # an allocated width is kept exactly (the budget counts it), dead units last
+                spare = torch.ones(width, dtype=torch.bool)
+                spare[kept.cpu()] = False
+                kept = torch.sort(torch.cat([kept.cpu(), torch.nonzero(spare).flatten()[:wanted - len(kept)]])).values
             return self._refitted(problems, kept.to(torch.int64), consumers, details)
         gram, cross, energy, groups = stacked(problems, width)
         if self.lam is not None:
@@ -148,6 +154,19 @@ class GroupLasso(Method):
         blocks = split(result.M, problems)
         weights = [block[:, columns_of(kept, p.group)] for block, p in zip(blocks, problems)]
         return _decision(problems, kept, weights, consumers, details)
+
+    def order(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+              producers: list[nn.Module]) -> torch.Tensor:
+        """The units in the order they enter the ℓ2,1 solution along the λ path
+        (:func:`~netshrink.linalg.group_lasso_path_order`, on the same centred problem as
+        :meth:`decide`)."""
+        problems = regressions(cut, statistic, consumers)
+        gram, cross, energy, groups = stacked(problems, cut.width)
+        return group_lasso_path_order(gram, cross, groups, solver=self.solver, tol=self.gap_tol, energy=energy)
+
+    @property
+    def refits(self) -> bool:
+        return self.debias
 
     def _refitted(self, problems, kept, consumers, details) -> Decision:
         kept = kept.to(problems[0].gram.device)

@@ -50,7 +50,7 @@ from torch import nn
 from ..errors import InvalidInputError, UnsupportedCutError
 from ..graph import Cut
 from ..layers import unit_rows, weight_matrix
-from ..linalg import interpolative_decomposition, spectral_norm
+from ..linalg import cpqr, interpolative_decomposition, spectral_norm
 from ..observe import RFactor
 from .base import Decision, Method, check_budget, check_keep, units_to_keep
 
@@ -97,6 +97,13 @@ class Interpolative(Method):
 
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> UnitRows:
         return UnitRows(cut, consumers)
+
+    def order(self, cut: Cut, statistic: UnitRows, consumers: list[nn.Module],
+              producers: list[nn.Module]) -> torch.Tensor:
+        """The pivots of the column-pivoted QR of the cut's activations, in pivot order
+        (Damle §2: each unit the farthest from the span of those before it)."""
+        r_factor = statistic.r_factor.result()
+        return cpqr(r_factor, k=min(r_factor.shape)).perm.to(torch.int64).cpu()
 
     def decide(self, cut: Cut, statistic: UnitRows, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:

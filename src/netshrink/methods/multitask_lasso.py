@@ -11,6 +11,11 @@ the seed's ``(1/(D·N))·‖V Φ + b − Ψ‖²`` plus ``lam`` times the column
 norm ≤ 1e-7 are removed; the kept columns of ``V`` are the new weights as they are (no
 refit: that is ``group_lasso``'s debiasing) and the bias stays as it was.
 
+Instead of ``lam``, ``keep`` (a fraction of the inputs, or the units per cut a budget
+allocation gives, :class:`~netshrink.methods.base.Widths`) searches the λ at which the
+solution has that many inputs (FISTA only; :func:`~netshrink.linalg.group_lasso_keep` on
+the rescaled problem, whose solution at that λ is the minimiser above).
+
 ``lam`` is on the seed's absolute scale (published: 0.01 for VGG-19's last layer, 0.05
 for AlexNet's, 0.5 for the penultimate and first), not relative to ``λ_max`` as for
 ``group_lasso``. Solvers of the identical objective:
@@ -44,10 +49,10 @@ from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedCutError
 from ..graph import Cut
-from ..linalg import multitask_lasso_fista, prox_adam_gram
+from ..linalg import group_lasso_keep, group_lasso_path_order, multitask_lasso_fista, prox_adam_gram
 from ..linalg.multitask_lasso import _ProxSettings
 from ..observe import GramStatistic
-from .base import Decision, Method
+from .base import Decision, Method, check_keep, units_to_keep
 from .regression import regressions, relative_error
 from .warm_start import WarmStarts
 
@@ -62,14 +67,20 @@ class MultitaskLasso(Method):
 
     def __init__(self, lam: float | None = None, solver: str = "fista", mu: float | None = None,
                  warm_start: bool = False, max_seconds: float | None = None, max_iter: int | None = None,
-                 seed: int = 0, gap_tol: float = 1e-7):
-        if lam is None:
+                 seed: int = 0, gap_tol: float = 1e-7, keep=None):
+        if (lam is None) == (keep is None):
             raise InvalidInputError(
                 "multitask_lasso needs lam, the weight of Σ‖V[:, k]‖ on the seed's scale (e.g. 0.05 for "
-                "AlexNet's last layer, 0.5 for its penultimate and first fully connected layers)"
+                "AlexNet's last layer, 0.5 for its penultimate and first fully connected layers), or keep, "
+                f"the fraction of inputs kept (one of them); got lam={lam!r}, keep={keep!r}"
             )
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
+                                or not math.isfinite(lam) or lam < 0):
             raise InvalidInputError(f"lam must be a finite number ≥ 0, got {lam!r}")
+        if keep is not None:
+            keep = check_keep(keep)
+            if solver != "fista":
+                raise InvalidInputError("keep= searches λ with FISTA; solver='prox_adam' takes lam only")
         if solver not in SOLVERS:
             raise InvalidInputError(f"unknown solver {solver!r} for multitask_lasso; use one of {', '.join(SOLVERS)}")
         if solver == "prox_adam":
@@ -87,7 +98,7 @@ class MultitaskLasso(Method):
             raise InvalidInputError(f"seed must be an integer, got {seed!r}")
         if isinstance(gap_tol, bool) or not isinstance(gap_tol, (int, float)) or not 0 < gap_tol < 1:
             raise InvalidInputError(f"gap_tol (the relative duality gap) must be in (0, 1), got {gap_tol!r}")
-        self.lam, self.solver, self.mu = float(lam), solver, mu
+        self.lam, self.keep, self.solver, self.mu = None if lam is None else float(lam), keep, solver, mu
         self.warm_start, self.seed, self.gap_tol = warm_start, seed, gap_tol
         self.max_seconds, self.max_iter = max_seconds, max_iter
         #: FISTA solutions shared with the other budgets of a sweep (None: start as warm_start says)
@@ -101,6 +112,8 @@ class MultitaskLasso(Method):
                producers: list[nn.Module]) -> Decision:
         (problem,) = regressions(cut, statistic, consumers, intercept=False)
         init = problem.weight if self.warm_start else None
+        if self.keep is not None:
+            return self._kept(cut, problem, consumers)
         if self.solver == "fista":
             previous = (self.warm_starts.start(cut.name, tuple(problem.weight.shape))
                         if self.warm_starts is not None else None)
@@ -131,6 +144,27 @@ class MultitaskLasso(Method):
             error=relative_error([problem], kept.to(problem.gram.device), [weight.to(problem.gram.device)]),
             details=details,
         )
+
+
+    def _kept(self, cut: Cut, problem, consumers: list[nn.Module]) -> Decision:
+        """The minimiser at the λ where ``units_to_keep`` inputs stay (module doc)."""
+        wanted = units_to_keep(self.keep, cut)
+        result = group_lasso_keep(problem.gram, problem.cross, wanted, 1, tol=self.gap_tol, energy=problem.energy)
+        kept = result.active.to(torch.int64)
+        weight = result.M[:, kept.to(result.M.device)]
+        outputs = problem.weight.shape[0]
+        return Decision(
+            kept=kept,
+            consumer_weights=(weight.to(consumers[0].weight.dtype),),
+            error=relative_error([problem], kept.to(problem.gram.device), [weight.to(problem.gram.device)]),
+            details={"solver": "fista", "lam": 2 * result.lam / outputs, "converged": result.converged},
+        )
+
+    def order(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
+              producers: list[nn.Module]) -> torch.Tensor:
+        """The inputs in the order they enter the solution as ``lam`` falls (the λ path)."""
+        (problem,) = regressions(cut, statistic, consumers, intercept=False)
+        return group_lasso_path_order(problem.gram, problem.cross, 1, tol=self.gap_tol, energy=problem.energy)
 
 
 def _check_target(cut: Cut, consumers: list[nn.Module]) -> None:

@@ -1,0 +1,357 @@
+"""Batch-1 latency on this machine as a function of the units each cut keeps (ZipLM-style tables).
+
+The latency of the compressed model is predicted as
+
+    T(k) = T_rest + Σ_modules t_m(k),
+
+with one measured table ``t_m`` per module whose work depends on the widths:
+
+- a ``Linear``/``Conv1D``/``Conv2d`` producer or consumer of a cut: a fresh layer of the
+  same kind with ``f_in·n_in`` inputs and ``f_out·n_out`` outputs is timed on an input
+  of the shape the layer receives at batch 1, on a grid of fractions ``f`` of each width
+  that a cut changes (1/16, 1/8, 1/4, …, 7/8, 1), and ``t_m`` is the bilinear
+  interpolation of that grid at the actual widths;
+- a BatchNorm or depthwise companion: timed the same way against its channels;
+- an attention whose heads are cut: every ``scaled_dot_product_attention`` its own code
+  runs is timed with the head dimension of its query, key and value scaled.
+
+``T_rest`` is the whole model's measured batch-1 latency less the tables at full width:
+everything the widths do not change (embeddings, norms, the layers outside the cuts,
+Python overhead). Each time is the median of repeated calls after warm-up with a fixed
+number of threads (1 by default). Tables are measured once per model structure and
+input shape on this machine and cached under ``<cache>/latency/<hash>.json``, the hash
+covering the modules' types and shapes, the cuts, the input shape, the thread count, the
+torch version and the processor.
+
+Accuracy: the prediction is checked against the measured latency of compressed models
+(:func:`measured_against_predicted`; ``benchmarks/latency_model.py`` reports its error
+per model); timing noise at batch 1 on a shared machine is a few percent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .. import batches
+from ..atomic import atomic_write_text
+from ..evaluate import model_device
+from ..graph import Cut
+from ..layers import is_transposed_linear
+from ..timing import forward_call, latency_ms, thread_count
+from .allocation import BudgetError
+from .costs import _roles
+
+#: Fractions of a width at which a table is measured.
+GRID = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+_FORMAT = 1
+
+
+@dataclass
+class _Table:
+    """A module's measured times on the grid of its knobs' fractions.
+
+    ``knobs``: ``(name, full)`` of the cuts it varies with (0, 1 or 2 of them);
+    ``times``: milliseconds, shape ``(len(GRID),) * len(knobs)``.
+    """
+
+    knobs: list[tuple[str, int]]
+    times: np.ndarray
+
+    def at(self, levels: Mapping[str, int]) -> float:
+        value = self.times
+        for name, full in self.knobs:
+            value = _interpolate(value, levels[name] / full)
+        return float(value)
+
+    def along(self, name: str, levels: Mapping[str, int]) -> np.ndarray:
+        """The table at every level ``0..full`` of knob ``name`` (the others at ``levels``)."""
+        full = dict(self.knobs)[name]
+        return np.array([self.at({**levels, name: level}) for level in range(full + 1)])
+
+
+def _interpolate(values: np.ndarray, fraction: float) -> np.ndarray:
+    """Linear interpolation along the first axis of ``values`` (on :data:`GRID`); below
+    the grid's first point, linear to zero at a zero width."""
+    grid = np.array((0.0, *GRID))
+    padded = np.concatenate([np.zeros_like(values[:1]), values])
+    index = int(np.clip(np.searchsorted(grid, fraction, side="right") - 1, 0, len(grid) - 2))
+    weight = (fraction - grid[index]) / (grid[index + 1] - grid[index])
+    return (1 - weight) * padded[index] + weight * padded[index + 1]
+
+
+@dataclass
+class LatencyModel:
+    """Predicted batch-1 latency (ms) of the model at any widths: the interface of
+    :class:`~netshrink.budget.costs.CostModel` (``total``, ``value``, ``along``).
+
+    ``measured`` is the original model's measured latency; ``rest`` what no cut changes.
+    """
+
+    rest: float
+    tables: list[_Table]
+    full: dict[str, int]
+    measured: float
+    unit: str = "latency"
+    _touching: dict[str, list[_Table]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._touching = {name: [t for t in self.tables if name in dict(t.knobs)] for name in self.full}
+
+    @property
+    def total(self) -> float:
+        return self.value(self.full)
+
+    def value(self, levels: Mapping[str, int]) -> float:
+        levels = {**self.full, **levels}
+        return self.rest + sum(table.at(levels) for table in self.tables)
+
+    def along(self, name: str, levels: Mapping[str, int]) -> np.ndarray:
+        levels = {**self.full, **levels}
+        fixed = self.value(levels) - sum(table.at(levels) for table in self._touching[name])
+        return fixed + sum((table.along(name, levels) for table in self._touching[name]),
+                           np.zeros(self.full[name] + 1))
+
+    def to_json(self) -> dict:
+        return {"format": _FORMAT, "rest": self.rest, "measured": self.measured, "full": self.full,
+                "tables": [{"knobs": t.knobs, "times": t.times.tolist()} for t in self.tables]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LatencyModel:
+        tables = [_Table([tuple(k) for k in t["knobs"]], np.array(t["times"], dtype=np.float64))
+                  for t in data["tables"]]
+        return cls(data["rest"], tables, dict(data["full"]), data["measured"])
+
+
+def latency_costs(model: nn.Module, cuts: Sequence[Cut], example, *, threads: int = 1,
+                  cache: bool = True) -> LatencyModel:
+    """The latency model of ``model`` at batch 1 (the first sample of ``example``), from
+    the cache or measured now (module doc).
+
+    Raises:
+        BudgetError: when the table cannot be measured: parameters on the meta device, a
+            layer of a cut that the batch-1 forward pass never runs, a model that does
+            not run on one sample.
+    """
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise BudgetError("latency= times the model's layers on this machine, but its parameters are on the meta "
+                          "device (an onloaded model); give size= or flops= instead")
+    one = batches.head(example, 1)
+    key = _key(model, cuts, one, threads)
+    path = _cache_path(key)
+    if cache and path.is_file():
+        return LatencyModel.from_json(json.loads(path.read_text()))
+    with thread_count(threads), torch.inference_mode():
+        found = _measure(model, cuts, one)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(found.to_json()))
+    return found
+
+
+def measured_against_predicted(compressed: nn.Module, example, costs: LatencyModel, widths: Mapping[str, int], *,
+                               threads: int = 1) -> dict:
+    """``{"predicted_ms", "measured_ms", "relative_error"}`` of a compressed model at batch 1:
+    the accuracy of the latency model (``relative_error = predicted / measured − 1``)."""
+    one = batches.head(example, 1)
+    with thread_count(threads), torch.inference_mode():
+        measured = _timed(forward_call(compressed.eval(), one))
+    predicted = costs.value(widths)
+    return {"predicted_ms": predicted, "measured_ms": measured, "relative_error": predicted / measured - 1}
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _timed(run) -> float:
+    """Median ms of ``run()``: 3 warm-up calls, then repeats filling about 0.2 s (5 to 200)."""
+    first = latency_ms(run, repeats=3, warmup=3)
+    repeats = int(np.clip(200 / max(first, 1e-3), 5, 200))
+    return latency_ms(run, repeats=repeats, warmup=0)
+
+
+class _Recorder(TorchDispatchMode):
+    """Records the attention kernels run while a head module's own code is on top of ``stack``."""
+
+    _KERNELS = {torch.ops.aten.scaled_dot_product_attention, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                torch.ops.aten._scaled_dot_product_efficient_attention, torch.ops.aten._scaled_dot_product_flash_attention,
+                torch.ops.aten._scaled_dot_product_attention_math}
+
+    def __init__(self, stack: list[str], heads: set[str]):
+        super().__init__()
+        self.stack, self.heads = stack, heads
+        self.calls: dict[str, list] = {path: [] for path in heads}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.stack[-1] in self.heads and func._overloadpacket in self._KERNELS:
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 and isinstance(args[3], torch.Tensor) else None)
+            self.calls[self.stack[-1]].append(
+                {"q": tuple(args[0].shape), "k": tuple(args[1].shape), "v": tuple(args[2].shape),
+                 "mask": None if not isinstance(mask, torch.Tensor) else tuple(mask.shape),
+                 "dtype": args[0].dtype, "device": args[0].device})
+        return func(*args, **kwargs)
+
+
+def _measure(model: nn.Module, cuts: Sequence[Cut], one) -> LatencyModel:
+    roles = _roles(cuts)
+    modules = dict(model.named_modules())
+    inputs: dict[str, tuple] = {}
+    stack = [""]
+    handles = []
+
+    def enter(path):
+        def hook(_module, args):
+            stack.append(path)
+            if path in roles and args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(path, (tuple(args[0].shape), args[0].dtype))
+        return hook
+
+    def leave(*_):
+        stack.pop()
+
+    for path, module in modules.items():
+        if path:
+            handles.append(module.register_forward_pre_hook(enter(path)))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+    heads = {path for path, role in roles.items() if role.heads is not None}
+    recorder = _Recorder(stack, heads)
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with recorder:
+            batches.call(model, batches.to_device(one, model_device(model)))
+    except Exception as exc:
+        raise BudgetError(f"latency= times the model at batch 1, but it does not run on one sample: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags:
+            module.training = flag
+    tables = []
+    for path, role in roles.items():
+        if role.heads is not None:
+            if not recorder.calls[path]:
+                continue  # attention written as plain matmuls: its score products stay in the rest
+            tables.append(_attention_table(recorder.calls[path], role.heads))
+            continue
+        if path not in inputs:
+            raise BudgetError(f"latency= times every layer a cut changes, but {path!r} did not run on one "
+                              "sample, so its input shape is unknown; give size= or flops= instead")
+        tables.append(_layer_table(modules[path], role, *inputs[path]))
+    whole = _timed(forward_call(model, one))
+    full = {cut.name: cut.width for cut in cuts}
+    at_full = sum(table.at(full) for table in tables)
+    return LatencyModel(whole - at_full, tables, full, whole)
+
+
+def _layer_table(module: nn.Module, role, shape: tuple, dtype) -> _Table:
+    """Times of a layer (or a companion) on the grid of the widths it depends on."""
+    if role.companion is not None:
+        knobs = [(role.companion.name, role.companion.width)]
+    else:
+        knobs = [(cut.name, cut.width) for cut in (role.inputs, role.out) if cut is not None]
+    device = next(module.parameters()).device
+    times = np.zeros((len(GRID),) * len(knobs))
+    for index in np.ndindex(times.shape):
+        fractions = {name: GRID[i] for (name, _), i in zip(knobs, index)}
+        layer, x = _resized(module, role, fractions, shape, dtype, device)
+        times[index] = _timed(lambda layer=layer, x=x: layer(x))
+    return _Table(knobs, times)
+
+
+def _scaled(size: int, fraction: float | None) -> int:
+    return size if fraction is None else max(1, round(size * fraction))
+
+
+def _resized(module: nn.Module, role, fractions: dict, shape: tuple, dtype, device):
+    """A fresh module like ``module`` with the widths scaled by ``fractions``, and an input."""
+    def fraction(cut):
+        return None if cut is None else fractions.get(cut.name)
+
+    if role.companion is not None:
+        channels = _scaled(_channels(module), fraction(role.companion))
+        if isinstance(module, nn.Conv2d):  # depthwise
+            layer = nn.Conv2d(channels, channels, module.kernel_size, module.stride, module.padding, module.dilation,
+                              groups=channels, bias=module.bias is not None)
+        else:
+            layer = type(module)(channels)
+        x_shape = (shape[0], channels, *shape[2:]) if len(shape) > 2 else (shape[0], channels)
+    elif isinstance(module, nn.Conv2d):
+        inputs = _scaled(module.in_channels, fraction(role.inputs))
+        outputs = _scaled(module.out_channels, fraction(role.out))
+        layer = nn.Conv2d(inputs, outputs, module.kernel_size, module.stride, module.padding, module.dilation,
+                          bias=module.bias is not None)
+        x_shape = (shape[0], inputs, *shape[2:])
+    else:
+        features = module.nx if is_transposed_linear(module) else module.in_features
+        outputs = _scaled(module.nf if is_transposed_linear(module) else module.out_features, fraction(role.out))
+        inputs = _scaled(features, fraction(role.inputs))
+        layer = nn.Linear(inputs, outputs, bias=module.bias is not None)
+        x_shape = (*shape[:-1], inputs)
+    layer = layer.to(device=device, dtype=dtype if dtype.is_floating_point else torch.float32).eval()
+    return layer, torch.randn(x_shape, dtype=layer.weight.dtype, device=device)
+
+
+def _channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.num_features
+
+
+def _attention_table(calls: list[dict], cut: Cut) -> _Table:
+    """Times of an attention's kernels with their head dimension scaled on the grid."""
+    times = np.zeros(len(GRID))
+    for i, fraction in enumerate(GRID):
+        tensors = []
+        for call in calls:
+            def sized(shape):
+                return (shape[0], _scaled(shape[1], fraction), *shape[2:]) if shape[1] > 1 else shape
+
+            q, k, v = (torch.randn(sized(call[key]), dtype=call["dtype"], device=call["device"]) for key in "qkv")
+            mask = None if call["mask"] is None else torch.zeros(sized(call["mask"]), dtype=call["dtype"],
+                                                                 device=call["device"])
+            tensors.append((q, k, v, mask))
+
+        def run(tensors=tensors):
+            for q, k, v, mask in tensors:
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+        times[i] = _timed(run)
+    return _Table([(cut.name, cut.width)], times)
+
+
+def _key(model: nn.Module, cuts: Sequence[Cut], one, threads: int) -> str:
+    structure = [(path, type(module).__name__, [(n, tuple(p.shape), str(p.dtype))
+                                                 for n, p in module.named_parameters(recurse=False)])
+                 for path, module in model.named_modules()]
+    shape = ({k: tuple(v.shape) for k, v in one.items() if isinstance(v, torch.Tensor)}
+             if isinstance(one, Mapping) else tuple(one.shape))
+    identity = {"format": _FORMAT, "structure": structure, "cuts": [(c.name, c.width) for c in cuts],
+                "input": repr(shape), "threads": threads, "torch": torch.__version__, "grid": GRID,
+                "processor": _processor(), "device": str(model_device(model))}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _processor() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_path(key: str):
+    from ..zoo.cache import cache_dir
+
+    return cache_dir() / "latency" / f"{key}.json"
