@@ -17,11 +17,13 @@ from torch import nn
 from . import batches, distributed
 from .activation_cache import CacheOptions
 from .budget import BUDGET_KINDS, Budget, take_budget
+from .budget import ranks
 from .budget.plan import achieved, cost_model, loss_curves, plan
 from .atomic import atomic_directory
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
-from .graph import find_cuts, input_cut, require_cuts, select_cuts
+from .graph import find_cuts, input_cut, network_input_cut, require_cuts, select_cuts
+from .layers import out_units
 from .methods import METHODS, Method, make_method
 from .methods.base import Widths
 from .methods.warm_start import WarmStarts
@@ -43,6 +45,8 @@ MANIFEST_FILE = "manifest.json"
 class LayerReport:
     """One cut of a compression: ``name`` kept ``kept`` of its ``total`` units (``kind``:
     neurons, channels or heads; for grouped-query attention a unit is a key/value group).
+    A layer that a budget's rank stage factorised is reported with kind ``"rank"``: it
+    kept rank ``kept`` of its full rank ``total``.
 
     ``error`` is the method's error measure (``interpolative``: the bound
     ``‖R₂₂‖₂‖W‖₂``; Gram methods: relative RMS error of the consumers' pre-activations
@@ -298,6 +302,7 @@ def compress(
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     budget = take_budget(options)
     output_loss = options.pop("output_loss", None)
+    stages = _take_stages(options, budget is not None)
     _check_budgeted(method, budget, output_loss, onload)
     _strategy(method, {**options, "keep": 1.0} if budget is not None else options)  # bad options fail first
     data = Calibration(calibration, batch_size=batch_size)
@@ -309,6 +314,8 @@ def compress(
     every, skipped, cuts = _find(model, coupling, example, layers, layer)
     keep = options.get("keep") if isinstance(method, str) else getattr(method, "keep", None)
     cuts = _budget_cuts(cuts, keep, layers, layer)
+    if stages.sample_inputs:
+        cuts = [network_input_cut(model, example), *cuts]
 
     def attempt(method_options, folder=None):
         shrunk = copy.deepcopy(model)
@@ -332,19 +339,41 @@ def compress(
         shrunk, decisions = attempt(options)
         return _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling,
                             layer, example)
-    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress)
-    chosen = pricing.plan(budget)
-    shrunk, decisions = attempt({**options, "keep": chosen.widths})
-    return pricing.compression(chosen, shrunk, decisions, every, skipped, chaining, coupling, layer)
+    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress, stages, chaining, cache)
+    return pricing.realize(budget, attempt, every, skipped, coupling, layer)
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """The stages a budget composes with the method's unit removal (Robin §2.3, §2.6)."""
+
+    lowrank: bool = False
+    sample_inputs: bool = False
+
+
+def _take_stages(options: dict, budgeted: bool) -> _Stages:
+    """Remove ``lowrank`` and ``sample_inputs`` from ``options``; both are stages of a
+    ``size``/``flops``/``latency`` allocation."""
+    stages = {name: options.pop(name, False) for name in ("lowrank", "sample_inputs")}
+    for name, value in stages.items():
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"{name} must be True or False, got {value!r}")
+        if value and not budgeted:
+            raise InvalidInputError(
+                f"{name}=True is a stage of the global allocation: give a size, flops or latency budget with it"
+            )
+    return _Stages(**stages)
 
 
 class _Pricing:
-    """What budgets of a compression share: the cuts' loss curves (computed once, on the
-    first budget) and a cost model per budget kind."""
+    """What budgets of a compression share: the loss curves of its knobs (computed once,
+    on the first budget) and a cost model per budget kind; and how a budget is realised."""
 
-    def __init__(self, model, cuts, data, method, options, example, output_loss, progress):
+    def __init__(self, model, cuts, data, method, options, example, output_loss, progress, stages: _Stages,
+                 chaining: str, cache):
         self.model, self.cuts, self.data, self.method = model, cuts, data, method
         self.options, self.example, self.output_loss, self.progress = options, example, output_loss, progress
+        self.stages, self.chaining, self.cache = stages, chaining, cache
         self._knobs = None
         self._costs = {}
 
@@ -353,19 +382,40 @@ class _Pricing:
             planner = _strategy(self.method, {**self.options, "keep": 1.0})
             planner.prepare(self.model, self.cuts)
             self._knobs = loss_curves(self.model, self.cuts, self.data, planner,
-                                      output_loss=self.output_loss or "auto", progress=self.progress)
+                                      output_loss=self.output_loss or "auto", lowrank=self.lowrank,
+                                      progress=self.progress)
         if budget.kind not in self._costs:
-            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example)
+            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example,
+                                                  lowrank=self.lowrank)
         return plan(self._knobs, self._costs[budget.kind], budget)
 
-    def compression(self, chosen, shrunk, decisions, every, skipped, chaining, coupling, layer) -> Compression:
-        """The :class:`Compression` of a budget's ``shrunk`` model, with its budget report."""
-        budget = chosen.budget
+    @property
+    def lowrank(self) -> bool:
+        return self.stages.lowrank or not _strategy(self.method, {**self.options, "keep": 1.0}).removes_units
+
+    def realize(self, budget, attempt, every, skipped, coupling, layer) -> Compression:
+        """Allocate ``budget``, remove the units (``attempt`` runs the method's schedule at
+        the widths), factorise the layers whose ranks pay, and report."""
+        chosen = self.plan(budget)
+        widths = Widths({name: level for name, level in chosen.widths.items() if ranks.layer_of(name) is None})
+        if _strategy(self.method, {**self.options, "keep": 1.0}).removes_units:
+            shrunk, decisions = attempt({**self.options, "keep": widths})
+        else:
+            shrunk, decisions = copy.deepcopy(self.model), []
+        full = chosen.costs.full
+        factored = {path: level for path, level in
+                    ((ranks.layer_of(name), level) for name, level in chosen.widths.items())
+                    if path is not None and ranks.pays(ranks.layer_module(shrunk, path), level,
+                                                       full[ranks.knob(path)])}
+        factorised = ranks.factorise(shrunk, factored, self.data, chaining=self.chaining, progress=self.progress,
+                                     cache=self.cache) if factored else []
         recorded = {**self.options, budget.kind: budget.fraction,
-                    **({"output_loss": self.output_loss} if self.output_loss else {})}
+                    **({"output_loss": self.output_loss} if self.output_loss else {}),
+                    **{name: True for name, value in vars(self.stages).items() if value}}
         result = _compression(self.model, shrunk, self.cuts, decisions, every, skipped, self.method, recorded,
-                              chaining, coupling, layer, self.example)
-        kept = {report.name: report.kept for report in result.layers}
+                              self.chaining, coupling, layer, self.example, factorised=factorised)
+        kept = {**{report.name: report.kept for report in result.layers if report.kind != "rank"},
+                **{ranks.knob(report.name): report.kept for report in result.layers if report.kind == "rank"}}
         result.budget = {**chosen.report(),
                          "achieved": achieved(budget, self.model, shrunk, self.example, chosen.costs, kept)}
         return result
@@ -479,6 +529,7 @@ def sweep(
             "(each rank with its shard)"
         )
     output_loss = options.pop("output_loss", None)
+    stages = _take_stages(options, True)
     checked = _checked_budgets(method, budgets, options)
     if output_loss is not None and not any(name in BUDGET_KINDS for name, _ in checked):
         raise InvalidInputError("output_loss weighs cuts under a size, flops or latency budget; give one of them")
@@ -489,8 +540,10 @@ def sweep(
     example = data.first()
     batches.check_for(model, example)
     every, skipped, cuts = _find(model, coupling, example, layers, layer)
+    if stages.sample_inputs:
+        cuts = [network_input_cut(model, example), *cuts]
     warm = WarmStarts() if warm_starts else None
-    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress)
+    pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress, stages, chaining, cache)
     # along the λ path from the largest λ (fewest units) down, then the other budgets as given
     order = sorted(range(len(checked)), key=lambda i: (0, -checked[i][1]) if checked[i][0] == "lam" else (1, i))
     if progress:
@@ -510,10 +563,7 @@ def sweep(
             return shared.compress(chosen, strategy)
 
         if name in BUDGET_KINDS:
-            allocated = pricing.plan(Budget(name, float(value)))
-            shrunk, decisions = attempt({**options, "keep": allocated.widths})
-            results[index] = pricing.compression(allocated, shrunk, decisions, every, skipped, chaining, coupling,
-                                                 layer)
+            results[index] = pricing.realize(Budget(name, float(value)), attempt, every, skipped, coupling, layer)
             continue
         used = {**options, name: value}
         shrunk, decisions = attempt(used)
@@ -574,9 +624,10 @@ def _budget_cuts(cuts: list, keep, layers, layer) -> list:
 
 
 def _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling, layer,
-                 example, runs: bool = True) -> Compression:
-    """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions``, checked to
-    run (unless ``runs`` is False: an onloaded model's blocks are on the meta device)."""
+                 example, runs: bool = True, factorised=()) -> Compression:
+    """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions`` (and the
+    low-rank ``factorised`` layers of a budget's rank stage, reported with kind ``"rank"``),
+    checked to run (unless ``runs`` is False: an onloaded model's blocks are on the meta device)."""
     if runs:
         _check_runs(shrunk, example)
     reports = [
@@ -594,7 +645,16 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
         )
         for cut, decision in decisions
     ]
-    touched = dict.fromkeys(path for cut in cuts for path in (*cut.producers, *cut.companions, *cut.consumers))
+    for frame, decision in factorised:
+        path = _original_path(model, frame.consumers[0])
+        factors = shrunk.get_submodule(frame.consumers[0])
+        reports.append(LayerReport(
+            name=path, kept=out_units(factors.first),
+            total=ranks.full_rank(ranks.layer_module(model, path)), error=float(decision.error),
+            producers=[], consumers=[path], sampled=False, kept_indices=[], details=dict(decision.details),
+            kind="rank"))
+    touched = dict.fromkeys([*(path for cut in cuts for path in (*cut.producers, *cut.companions, *cut.consumers)),
+                             *(_original_path(model, frame.consumers[0]) for frame, _ in factorised)])
     attention = dict.fromkeys(cut.heads.module for cut in cuts if cut.heads is not None)
     return Compression(
         model=shrunk,
@@ -610,6 +670,13 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
                     for path in attention},
         config=state_widths(shrunk, every, {cut.name: len(decision.kept) for cut, decision in decisions}),
     )
+
+
+def _original_path(model: nn.Module, path: str) -> str:
+    """``path``, or its nearest ancestor that ``model`` has (a layer inside a sampler)."""
+    while path not in dict(model.named_modules()):
+        path = path.rpartition(".")[0]
+    return path
 
 
 def _check_onload(model: nn.Module, chaining: str) -> None:

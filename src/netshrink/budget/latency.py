@@ -46,36 +46,55 @@ from .. import batches
 from ..atomic import atomic_write_text
 from ..evaluate import model_device
 from ..graph import Cut
-from ..layers import is_transposed_linear
+from ..layers import is_transposed_linear, weight_matrix
 from ..timing import forward_call, latency_ms, thread_count
 from .allocation import BudgetError
 from .costs import _roles
+from .ranks import knob as rank_knob
+from .ranks import layer_module
 
 #: Fractions of a width at which a table is measured.
 GRID = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass
 class _Table:
     """A module's measured times on the grid of its knobs' fractions.
 
-    ``knobs``: ``(name, full)`` of the cuts it varies with (0, 1 or 2 of them);
-    ``times``: milliseconds, shape ``(len(GRID),) * len(knobs)``.
+    ``knobs``: ``(name, full)`` of the cuts it varies with (0, 1 or 2 of them), inputs
+    first; ``times``: milliseconds, shape ``(len(GRID),) * len(knobs)``. ``rank``, for a
+    layer that may be factorised: ``(knob, full rank, d, out, input cut, output cut)``;
+    factorised, its time is the dense time scaled by the products it keeps,
+    ``r·(d·f_in + out·f_out) / (d·out·f_in·f_out)`` (not measured).
     """
 
+    path: str
     knobs: list[tuple[str, int]]
     times: np.ndarray
+    rank: tuple | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.knobs] + ([self.rank[0]] if self.rank else [])
 
     def at(self, levels: Mapping[str, int]) -> float:
         value = self.times
         for name, full in self.knobs:
             value = _interpolate(value, levels[name] / full)
-        return float(value)
+        dense = float(value)
+        if self.rank is None:
+            return dense
+        name, full, d, out, inputs, outputs = self.rank
+        rank = levels[name]
+        f_in = 1.0 if inputs is None else levels[inputs[0]] / inputs[1]
+        f_out = 1.0 if outputs is None else levels[outputs[0]] / outputs[1]
+        if rank >= full or dense == 0:
+            return dense
+        return min(dense, dense * rank * (d * f_in + out * f_out) / (d * out * f_in * f_out))
 
-    def along(self, name: str, levels: Mapping[str, int]) -> np.ndarray:
+    def along(self, name: str, levels: Mapping[str, int], full: int) -> np.ndarray:
         """The table at every level ``0..full`` of knob ``name`` (the others at ``levels``)."""
-        full = dict(self.knobs)[name]
         return np.array([self.at({**levels, name: level}) for level in range(full + 1)])
 
 
@@ -105,7 +124,7 @@ class LatencyModel:
     _touching: dict[str, list[_Table]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self._touching = {name: [t for t in self.tables if name in dict(t.knobs)] for name in self.full}
+        self._touching = {name: [t for t in self.tables if name in t.names] for name in self.full}
 
     @property
     def total(self) -> float:
@@ -118,24 +137,43 @@ class LatencyModel:
     def along(self, name: str, levels: Mapping[str, int]) -> np.ndarray:
         levels = {**self.full, **levels}
         fixed = self.value(levels) - sum(table.at(levels) for table in self._touching[name])
-        return fixed + sum((table.along(name, levels) for table in self._touching[name]),
+        return fixed + sum((table.along(name, levels, self.full[name]) for table in self._touching[name]),
                            np.zeros(self.full[name] + 1))
+
+    def with_ranks(self, model: nn.Module, cuts: Sequence[Cut], ranks: Mapping[str, int]) -> LatencyModel:
+        """This model with the layers of ``ranks`` (path: full rank) priced as factorisable."""
+        if not ranks:
+            return self
+        roles = _roles(cuts)
+        tables = []
+        for table in self.tables:
+            if table.path in ranks:
+                out, d = weight_matrix(layer_module(model, table.path), None).shape
+                role = roles[table.path]
+                factor = (rank_knob(table.path), ranks[table.path], d, out,
+                          None if role.inputs is None else (role.inputs.name, role.inputs.width),
+                          None if role.out is None else (role.out.name, role.out.width))
+                table = _Table(table.path, table.knobs, table.times, factor)
+            tables.append(table)
+        full = {**self.full, **{rank_knob(path): rank for path, rank in ranks.items()}}
+        return LatencyModel(self.rest, tables, full, self.measured)
 
     def to_json(self) -> dict:
         return {"format": _FORMAT, "rest": self.rest, "measured": self.measured, "full": self.full,
-                "tables": [{"knobs": t.knobs, "times": t.times.tolist()} for t in self.tables]}
+                "tables": [{"path": t.path, "knobs": t.knobs, "times": t.times.tolist()} for t in self.tables]}
 
     @classmethod
     def from_json(cls, data: dict) -> LatencyModel:
-        tables = [_Table([tuple(k) for k in t["knobs"]], np.array(t["times"], dtype=np.float64))
+        tables = [_Table(t["path"], [tuple(k) for k in t["knobs"]], np.array(t["times"], dtype=np.float64))
                   for t in data["tables"]]
         return cls(data["rest"], tables, dict(data["full"]), data["measured"])
 
 
-def latency_costs(model: nn.Module, cuts: Sequence[Cut], example, *, threads: int = 1,
-                  cache: bool = True) -> LatencyModel:
+def latency_costs(model: nn.Module, cuts: Sequence[Cut], example, ranks: Mapping[str, int] | None = None, *,
+                  threads: int = 1, cache: bool = True) -> LatencyModel:
     """The latency model of ``model`` at batch 1 (the first sample of ``example``), from
-    the cache or measured now (module doc).
+    the cache or measured now (module doc); ``ranks``: the layers (path: full rank) that
+    may be factorised (:meth:`LatencyModel.with_ranks`).
 
     Raises:
         BudgetError: when the table cannot be measured: parameters on the meta device, a
@@ -149,13 +187,14 @@ def latency_costs(model: nn.Module, cuts: Sequence[Cut], example, *, threads: in
     key = _key(model, cuts, one, threads)
     path = _cache_path(key)
     if cache and path.is_file():
-        return LatencyModel.from_json(json.loads(path.read_text()))
-    with thread_count(threads), torch.inference_mode():
-        found = _measure(model, cuts, one)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(found.to_json()))
-    return found
+        found = LatencyModel.from_json(json.loads(path.read_text()))
+    else:
+        with thread_count(threads), torch.inference_mode():
+            found = _measure(model, cuts, one)
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(found.to_json()))
+    return found.with_ranks(model, cuts, ranks or {})
 
 
 def measured_against_predicted(compressed: nn.Module, example, costs: LatencyModel, widths: Mapping[str, int], *,
@@ -243,19 +282,19 @@ def _measure(model: nn.Module, cuts: Sequence[Cut], one) -> LatencyModel:
         if role.heads is not None:
             if not recorder.calls[path]:
                 continue  # attention written as plain matmuls: its score products stay in the rest
-            tables.append(_attention_table(recorder.calls[path], role.heads))
+            tables.append(_attention_table(path, recorder.calls[path], role.heads))
             continue
         if path not in inputs:
             raise BudgetError(f"latency= times every layer a cut changes, but {path!r} did not run on one "
                               "sample, so its input shape is unknown; give size= or flops= instead")
-        tables.append(_layer_table(modules[path], role, *inputs[path]))
+        tables.append(_layer_table(path, modules[path], role, *inputs[path]))
     whole = _timed(forward_call(model, one))
     full = {cut.name: cut.width for cut in cuts}
     at_full = sum(table.at(full) for table in tables)
     return LatencyModel(whole - at_full, tables, full, whole)
 
 
-def _layer_table(module: nn.Module, role, shape: tuple, dtype) -> _Table:
+def _layer_table(path: str, module: nn.Module, role, shape: tuple, dtype) -> _Table:
     """Times of a layer (or a companion) on the grid of the widths it depends on."""
     if role.companion is not None:
         knobs = [(role.companion.name, role.companion.width)]
@@ -267,7 +306,7 @@ def _layer_table(module: nn.Module, role, shape: tuple, dtype) -> _Table:
         fractions = {name: GRID[i] for (name, _), i in zip(knobs, index)}
         layer, x = _resized(module, role, fractions, shape, dtype, device)
         times[index] = _timed(lambda layer=layer, x=x: layer(x))
-    return _Table(knobs, times)
+    return _Table(path, knobs, times)
 
 
 def _scaled(size: int, fraction: float | None) -> int:
@@ -307,7 +346,7 @@ def _channels(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.num_features
 
 
-def _attention_table(calls: list[dict], cut: Cut) -> _Table:
+def _attention_table(path: str, calls: list[dict], cut: Cut) -> _Table:
     """Times of an attention's kernels with their head dimension scaled on the grid."""
     times = np.zeros(len(GRID))
     for i, fraction in enumerate(GRID):
@@ -326,7 +365,7 @@ def _attention_table(calls: list[dict], cut: Cut) -> _Table:
                 F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
         times[i] = _timed(run)
-    return _Table([(cut.name, cut.width)], times)
+    return _Table(path, [(cut.name, cut.width)], times)
 
 
 def _key(model: nn.Module, cuts: Sequence[Cut], one, threads: int) -> str:

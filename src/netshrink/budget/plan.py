@@ -38,6 +38,7 @@ from ..observe import Calibration, GramStatistic, observe
 from .allocation import Allocation, Knob, allocate
 from .costs import CostModel, flop_costs, parameter_costs
 from .curves import refit_curve, truncation_curve
+from . import ranks
 from .sensitivity import output_sensitivities
 
 #: The budgets ``compress`` takes, each a fraction of the original model's cost.
@@ -137,34 +138,50 @@ class _Statistics:
 
 
 def loss_curves(model: nn.Module, cuts: Sequence[Cut], data: Calibration, method: Method, *,
-                output_loss: str = "auto", progress: bool = False) -> list[Knob]:
+                output_loss: str = "auto", lowrank: bool = False, progress: bool = False) -> list[Knob]:
     """One knob per cut: the estimated loss at each width of the method's ranking (steps
-    1–3 of the module doc). ``method`` must have been prepared with ``cuts``."""
+    1–3 of the module doc); with ``lowrank``, also one per layer the cuts shrink: the
+    loss at each rank (:mod:`.ranks`). ``method`` must have been prepared with ``cuts``."""
 
     def both(cut: Cut, consumers: list[nn.Module]) -> _Statistics:
         own = method.statistic(cut, consumers)
         return _Statistics(own if isinstance(own, GramStatistic) else GramStatistic(consumers), own)
 
-    statistics = observe(model, cuts, data, both, progress=progress)
-    sensitivities = output_sensitivities(model, cuts, data, output_loss=output_loss)
+    lowrank = lowrank or not method.removes_units
+    statistics = observe(model, cuts, data, both, progress=progress) if method.removes_units else {}
+    layers = ranks.rank_layers(model, cuts) if lowrank else []
+    paths = [*(path for cut in cuts for path in cut.consumers if method.removes_units), *layers]
+    sensitivities = output_sensitivities(model, paths, data, output_loss=output_loss)
     modules = dict(model.named_modules())
     knobs = []
-    steps = cuts
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(cuts, desc="loss curves", unit="cut", leave=False)
-    for cut in steps:
+    for cut in _steps(cuts if method.removes_units else [], "loss curves", progress):
         consumers = [modules[path] for path in cut.consumers]
         producers = [modules[path] for path in cut.producers]
         statistic = statistics.pop(cut.name)
         order = method.order(cut, statistic.own, consumers, producers).to(torch.int64).cpu()
         problems = regressions(cut, statistic.gram, consumers, intercept=method.refits)
-        curve = (refit_curve if method.refits else truncation_curve)(problems, order, sensitivities[cut.name])
+        curve = (refit_curve if method.refits else truncation_curve)(
+            problems, order, [sensitivities[path] for path in cut.consumers])
         live = len(live_units(problems, cut.width))
         knobs.append(Knob(cut.name, curve, minimum=1, maximum=max(1, live)))
         del statistic, problems
+    if layers:
+        frames = {path: ranks.factor_cut(model, path) for path in layers}
+        grams = observe(model, list(frames.values()), data, lambda cut, consumers: GramStatistic(consumers),
+                        progress=progress)
+        for path in _steps(layers, "rank curves", progress):
+            frame = frames[path]
+            (problem,) = regressions(frame, grams.pop(frame.name), [modules[frame.consumers[0]]])
+            knobs.append(Knob(ranks.knob(path), ranks.rank_curve(problem, sensitivities[path]), minimum=1))
     return knobs
+
+
+def _steps(items, what: str, progress: bool):
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=what, unit="cut", leave=False)
 
 
 def plan(knobs: Sequence[Knob], costs: CostModel, budget: Budget) -> Plan:
@@ -179,15 +196,17 @@ def plan(knobs: Sequence[Knob], costs: CostModel, budget: Budget) -> Plan:
                 {knob.name: knob.top for knob in knobs})
 
 
-def cost_model(model: nn.Module, cuts: Sequence[Cut], kind: str, example) -> CostModel:
-    """The cost model a budget of ``kind`` is counted in."""
+def cost_model(model: nn.Module, cuts: Sequence[Cut], kind: str, example, *, lowrank: bool = False) -> CostModel:
+    """The cost model a budget of ``kind`` is counted in (with rank knobs when ``lowrank``)."""
+    layers = {path: ranks.full_rank(ranks.layer_module(model, path)) for path in ranks.rank_layers(model, cuts)} \
+        if lowrank else {}
     if kind == "size":
-        return parameter_costs(model, cuts)
+        return parameter_costs(model, cuts, layers)
     if kind == "flops":
-        return flop_costs(model, cuts, example)
+        return flop_costs(model, cuts, example, layers)
     from .latency import latency_costs
 
-    return latency_costs(model, cuts, example)
+    return latency_costs(model, cuts, example, layers)
 
 
 def achieved(budget: Budget, original: nn.Module, compressed: nn.Module, example, costs: CostModel,

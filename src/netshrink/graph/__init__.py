@@ -107,9 +107,9 @@ def select_cuts(cuts: list[Cut], names: list[str] | None, skipped: list[Skipped]
 
 
 
-from .targets import LINEAR_TARGETS, input_cut, linear_layers, resolve_linear  # noqa: E402
+from .targets import LINEAR_TARGETS, input_cut, linear_layers, network_input_cut, resolve_linear  # noqa: E402
 
 __all__ = [
     "COUPLINGS", "KINDS", "ONE_ROW", "Cut", "Heads", "Segments", "Skipped", "find_cuts", "require_cuts",
-    "select_cuts", "input_cut", "linear_layers", "resolve_linear", "LINEAR_TARGETS",
+    "select_cuts", "input_cut", "network_input_cut", "linear_layers", "resolve_linear", "LINEAR_TARGETS",
 ]

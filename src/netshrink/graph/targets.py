@@ -79,3 +79,54 @@ def input_cut(model: nn.Module, layer: str, coupling: str = "joint", example=Non
     return Cut((), (path,), (), (), width, sampled=True)
 
 
+
+
+def network_input_cut(model: nn.Module, example) -> Cut:
+    """The sampled cut of the network's input features at its first layer (Robin §2.6):
+    every input feature a unit, the kept ones served by an ``index_select`` before the
+    layer. The first layer must be an ``nn.Linear`` that reads the input tensor itself
+    (or a flattened view of it): an MLP on images, say.
+
+    Raises:
+        UnsupportedCutError: when the first layer to run is not such a Linear (a
+            convolution, whose inputs are channels; a model called with keyword inputs).
+    """
+    import torch
+
+    if not isinstance(example, torch.Tensor):
+        raise UnsupportedCutError(
+            f"sampling the network's input needs a tensor input; {type(model).__name__} is called with keyword "
+            "inputs (token ids), which no sampler selects"
+        )
+    found: list[tuple[str, nn.Module, torch.Tensor]] = []
+    handles = [module.register_forward_pre_hook(
+        lambda module, inputs, path=path: found.append((path, module, inputs[0]))
+        if not found and inputs and isinstance(inputs[0], torch.Tensor) else None)
+        for path, module in model.named_modules() if type(module) in (nn.Linear, nn.Conv2d)]
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:2])
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags:
+            module.training = flag
+    if not found:
+        raise UnsupportedCutError(f"{type(model).__name__} runs no nn.Linear or nn.Conv2d: there is no first layer")
+    path, module, inputs = found[0]
+    if type(module) is not nn.Linear:
+        raise UnsupportedCutError(
+            f"the first layer of {type(model).__name__}, {path!r}, is a {type(module).__name__}: its inputs are "
+            "image channels, which a sampler cannot select feature by feature; sample_inputs is for a first "
+            "nn.Linear reading the input (an MLP)"
+        )
+    if inputs.untyped_storage().data_ptr() != example[:2].untyped_storage().data_ptr() \
+            or inputs.numel() != example[:2].numel():
+        raise UnsupportedCutError(
+            f"the first nn.Linear of {type(model).__name__}, {path!r}, does not read the network's input as it is "
+            "(the input is transformed first), so its features are not the input's; sample_inputs needs a first "
+            "layer that reads the input tensor or a flattened view of it"
+        )
+    return Cut((), (path,), (), (), module.in_features, sampled=True)

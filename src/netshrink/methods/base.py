@@ -58,6 +58,9 @@ class Method(Protocol):
     #: loss curves of a budget allocation assume a refit; otherwise the removed units'
     #: contribution is simply lost, :mod:`netshrink.budget.curves`).
     refits: bool = True
+    #: False for a method that keeps every unit and factorises layers instead
+    #: (``lowrank``): a budget then allocates ranks only.
+    removes_units: bool = True
 
     def prepare(self, model: nn.Module, cuts: list[Cut]) -> None:
         """Called once with the original model and every cut to be compressed, before

@@ -14,7 +14,8 @@
   removes no neuron: the widths of the network are unchanged.
 
 ``keep`` is the fraction of units kept per cut (for ``lowrank``: the fraction of the
-rank ``min(out, in)`` kept per consumer).
+rank ``min(out, in)`` kept per consumer, or under a budget the rank itself per cut,
+:class:`~netshrink.methods.base.Widths`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..graph import Cut
 from ..layers import columns_of, weight_matrix
 from ..linalg.blocks import row_spans
 from ..observe import GramStatistic
-from .base import Decision, Method, check_keep, count_from_fraction, units_to_keep
+from .base import Decision, Method, Widths, check_keep, count_from_fraction, units_to_keep
 from .regression import bias_shifts, refit, regressions, relative_error
 
 
@@ -135,6 +136,7 @@ class LowRank(Method):
 
     name = "lowrank"
     needs_reference = True
+    removes_units = False
 
     def __init__(self, keep: float | None = None):
         self.keep = _require_keep(keep)
@@ -148,8 +150,11 @@ class LowRank(Method):
         factors, shifts, error, energy = [], [], 0.0, 0.0
         for p, layer in zip(problems, consumers):
             out, d = p.weight.shape
-            fraction = self.keep.get(cut.kind, 1.0) if isinstance(self.keep, dict) else self.keep
-            rank = count_from_fraction(fraction, min(out, d))
+            if isinstance(self.keep, Widths):  # a rank per cut, from a budget allocation
+                rank = min(self.keep.get(cut.name, min(out, d)), out, d)
+            else:
+                fraction = self.keep.get(cut.kind, 1.0) if isinstance(self.keep, dict) else self.keep
+                rank = count_from_fraction(fraction, min(out, d))
             # The output covariance W Cov(x) Wᵀ on the layer's current inputs; its top
             # eigenvectors U_r give the best rank-r W_r = U_r U_rᵀ W (plus intercept).
             covariance = p.weight @ p.gram @ p.weight.T
