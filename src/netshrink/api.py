@@ -23,11 +23,12 @@ from .atomic import atomic_directory
 from .errors import InvalidInputError, NetshrinkError, UnsupportedCutError
 from .evaluate import model_device
 from .graph import find_cuts, input_cut, network_input_cut, require_cuts, select_cuts
-from .layers import out_units
 from .methods import METHODS, Method, make_method
 from .methods.base import Widths
 from .methods.warm_start import WarmStarts
 from .modules import build, spec
+from .quantize import check_scheme, stored_bytes
+from .quantize import quantize as quantize_layers
 from .observe import Calibration
 from .onload import Onload, Residency, has_meta_parameters
 from .rewrite import set_submodule
@@ -83,6 +84,8 @@ class Compression:
             head counts of a pruned attention).
         config: fields of ``model.config`` set to the new widths (a Hugging Face model
             whose every layer keeps the same FFN width or head count).
+        bytes_before, bytes_after: bytes of the two models' state (``quantize="int8"``
+            stores weights in one byte each, :mod:`netshrink.quantize`).
         budget: for a ``size``/``flops``/``latency`` budget, what was asked and reached:
             ``kind``, ``unit``, ``target``, ``achieved`` (the compressed model's fraction:
             parameters and FLOPs counted on it, latency as the table predicts it),
@@ -101,6 +104,8 @@ class Compression:
     attributes: dict = field(default_factory=dict, repr=False)
     config: dict = field(default_factory=dict, repr=False)
     budget: dict = field(default_factory=dict, repr=False)
+    bytes_before: int = 0
+    bytes_after: int = 0
 
     @property
     def ratio(self) -> float:
@@ -122,6 +127,9 @@ class Compression:
             f"parameters: {self.params_before:,} -> {self.params_after:,} "
             f"({100 * self.ratio:.1f}%)"
         )
+        if self.options.get("quantize"):
+            rows.append(f"bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
+                        f"({100 * self.bytes_after / self.bytes_before:.2f}%, {self.options['quantize']} weights)")
         if self.budget:
             rows.append(f"budget: {self.budget['kind']} {self.budget['target']:g} of the {self.budget['unit']}, "
                         f"reached {self.budget['achieved']:.4g}")
@@ -164,6 +172,8 @@ class Compression:
             "options": self.options,
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
             "layers": [asdict(layer) for layer in self.layers],
             "modules": {path: {"original": original, "new": spec(self.model.get_submodule(path))}
                         for path, original in self.original_shapes.items()},
@@ -328,7 +338,7 @@ def compress(
                                     cache=cache, onload=residency)
 
     if onload is not None:
-        _check_onload(model, chaining)
+        _check_onload(model, chaining, stages)
         with atomic_directory(onload.output, overwrite=onload.overwrite) as folder:
             shrunk, decisions = attempt(options, folder)
             result = _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining,
@@ -338,22 +348,24 @@ def compress(
     if budget is None:
         shrunk, decisions = attempt(options)
         return _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling,
-                            layer, example)
+                            layer, example, quantize=stages.quantize)
     pricing = _Pricing(model, cuts, data, method, options, example, output_loss, progress, stages, chaining, cache)
     return pricing.realize(budget, attempt, every, skipped, coupling, layer)
 
 
 @dataclass(frozen=True)
 class _Stages:
-    """The stages a budget composes with the method's unit removal (Robin §2.3, §2.6)."""
+    """The stages composed with the method's unit removal (Robin §2.3, §2.6, §3.1): low
+    rank and input sampling under a budget's allocation, int8 weights on top of anything."""
 
     lowrank: bool = False
     sample_inputs: bool = False
+    quantize: str | None = None
 
 
 def _take_stages(options: dict, budgeted: bool) -> _Stages:
-    """Remove ``lowrank`` and ``sample_inputs`` from ``options``; both are stages of a
-    ``size``/``flops``/``latency`` allocation."""
+    """Remove ``lowrank``, ``sample_inputs`` (stages of a ``size``/``flops``/``latency``
+    allocation) and ``quantize`` from ``options``."""
     stages = {name: options.pop(name, False) for name in ("lowrank", "sample_inputs")}
     for name, value in stages.items():
         if not isinstance(value, bool):
@@ -362,7 +374,9 @@ def _take_stages(options: dict, budgeted: bool) -> _Stages:
             raise InvalidInputError(
                 f"{name}=True is a stage of the global allocation: give a size, flops or latency budget with it"
             )
-    return _Stages(**stages)
+    scheme = options.pop("quantize", None)
+    check_scheme(scheme)
+    return _Stages(**stages, quantize=scheme)
 
 
 class _Pricing:
@@ -411,9 +425,10 @@ class _Pricing:
                                      cache=self.cache) if factored else []
         recorded = {**self.options, budget.kind: budget.fraction,
                     **({"output_loss": self.output_loss} if self.output_loss else {}),
-                    **{name: True for name, value in vars(self.stages).items() if value}}
+                    **{name: True for name in ("lowrank", "sample_inputs") if getattr(self.stages, name)}}
         result = _compression(self.model, shrunk, self.cuts, decisions, every, skipped, self.method, recorded,
-                              self.chaining, coupling, layer, self.example, factorised=factorised)
+                              self.chaining, coupling, layer, self.example, factorised=factorised,
+                              quantize=self.stages.quantize)
         kept = {**{report.name: report.kept for report in result.layers if report.kind != "rank"},
                 **{ranks.knob(report.name): report.kept for report in result.layers if report.kind == "rank"}}
         result.budget = {**chosen.report(),
@@ -624,10 +639,12 @@ def _budget_cuts(cuts: list, keep, layers, layer) -> list:
 
 
 def _compression(model, shrunk, cuts, decisions, every, skipped, method, options, chaining, coupling, layer,
-                 example, runs: bool = True, factorised=()) -> Compression:
+                 example, runs: bool = True, factorised=(), quantize: str | None = None) -> Compression:
     """The :class:`Compression` of ``shrunk``, made from ``model`` by ``decisions`` (and the
     low-rank ``factorised`` layers of a budget's rank stage, reported with kind ``"rank"``),
-    checked to run (unless ``runs`` is False: an onloaded model's blocks are on the meta device)."""
+    its layers quantized by ``quantize`` (in place), checked to run (unless ``runs`` is
+    False: an onloaded model's blocks are on the meta device)."""
+    quantized = quantize_layers(shrunk, quantize) if quantize is not None else []
     if runs:
         _check_runs(shrunk, example)
     reports = [
@@ -649,12 +666,13 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
         path = _original_path(model, frame.consumers[0])
         factors = shrunk.get_submodule(frame.consumers[0])
         reports.append(LayerReport(
-            name=path, kept=out_units(factors.first),
+            name=path, kept=factors.first.weight.shape[0],
             total=ranks.full_rank(ranks.layer_module(model, path)), error=float(decision.error),
             producers=[], consumers=[path], sampled=False, kept_indices=[], details=dict(decision.details),
             kind="rank"))
     touched = dict.fromkeys([*(path for cut in cuts for path in (*cut.producers, *cut.companions, *cut.consumers)),
-                             *(_original_path(model, frame.consumers[0]) for frame, _ in factorised)])
+                             *(_original_path(model, frame.consumers[0]) for frame, _ in factorised),
+                             *(_original_path(model, path) for path in quantized)])
     attention = dict.fromkeys(cut.heads.module for cut in cuts if cut.heads is not None)
     return Compression(
         model=shrunk,
@@ -663,12 +681,15 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
         params_after=count_parameters(shrunk),
         method=method if isinstance(method, str) else method.name,
         options={**{k: v for k, v in options.items() if v is not None},
-                 "chaining": chaining, "coupling": coupling, **({"layer": layer} if layer is not None else {})},
+                 "chaining": chaining, "coupling": coupling, **({"layer": layer} if layer is not None else {}),
+                 **({"quantize": quantize} if quantize is not None else {})},
         original_shapes={path: spec(model.get_submodule(path)) for path in touched},
         skipped=list(skipped),
         attributes={path: _changed_attributes(model.get_submodule(path), shrunk.get_submodule(path))
                     for path in attention},
         config=state_widths(shrunk, every, {cut.name: len(decision.kept) for cut, decision in decisions}),
+        bytes_before=stored_bytes(model),
+        bytes_after=stored_bytes(shrunk),
     )
 
 
@@ -679,7 +700,10 @@ def _original_path(model: nn.Module, path: str) -> str:
     return path
 
 
-def _check_onload(model: nn.Module, chaining: str) -> None:
+def _check_onload(model: nn.Module, chaining: str, stages: _Stages) -> None:
+    if stages.quantize is not None:
+        raise InvalidInputError("quantize= rewrites the compressed model's layers once they are all loaded; an "
+                                "onloaded compression writes its blocks as it goes: quantize the saved model after")
     if chaining != "top_down":
         raise InvalidInputError(f"onloading compresses block by block, which top-down chaining does; "
                                 f"chaining={chaining!r} needs every block at once")

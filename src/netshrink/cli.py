@@ -58,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
                         "layer's λ_max, in [0, 1] (0 is lossless on the calibration data); "
                         "multitask_lasso: the seed's absolute lam (e.g. 0.05, 0.5)")
     budget.add_argument("--keep", type=float, help="fraction of units kept per layer, in (0, 1]")
-    budget.add_argument("--size", type=float, help="group_lasso: fraction of the model's parameters to keep")
+    budget.add_argument("--size", type=float, help="fraction of the model's parameters to keep; one allocation "
+                        "gives every layer its width (any method)")
+    budget.add_argument("--flops", type=float, help="fraction of the forward FLOPs (at the calibration input "
+                        "shape) to keep; one allocation gives every layer its width")
+    budget.add_argument("--latency", type=float, help="fraction of the batch-1 latency on this machine to keep "
+                        "(a per-layer table, measured once and cached); one allocation gives every layer its width")
     compress.add_argument("--only", metavar="KINDS", help="compress only cuts of these kinds, e.g. neurons,heads "
                           "(kinds: neurons, channels, heads)")
     data = compress.add_argument_group("data")
@@ -97,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="multitask_lasso: start the solver from the original weights")
     tuning.add_argument("--refit", action="store_true", default=None,
                         help="magnitude: refit the consumers by least squares")
+    stages = compress.add_argument_group("stages (with --size, --flops or --latency; --quantize with any budget)")
+    stages.add_argument("--lowrank", action="store_true", default=None,
+                        help="also factorise the shrunk layers where a low rank pays, under the same allocation")
+    stages.add_argument("--sample-inputs", action="store_true", default=None,
+                        help="also select the input features of a first Linear layer (an MLP's pixels)")
+    stages.add_argument("--quantize", choices=["int8"], help="store every Linear/Conv2d weight as int8, one "
+                        "scale per output channel")
+    stages.add_argument("--output-loss", choices=["auto", "kl", "mse"],
+                        help="the loss whose increase the allocation estimates (default auto: kl for logits, "
+                        "mse for features)")
     tuning.add_argument("--chaining", default="top_down", choices=list(CHAININGS),
                         help="order of fitting the layers (default: %(default)s)")
     tuning.add_argument("--coupling", default="joint", choices=list(COUPLINGS),
@@ -153,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a seed document's figures and tables")
-    reproduce.add_argument("study", choices=["damle", "robin", "shenouda", "minilm"],
+    reproduce.add_argument("study", choices=["damle", "robin", "shenouda", "minilm", "budgets"],
                            help="which study: a seed document, or minilm (a pretrained transformer)")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, for CI (< 3 minutes)")
     reproduce.add_argument("--out", type=Path, default=None, help="output folder (default: out/STUDY)")
@@ -185,6 +200,13 @@ def _compress(args) -> int:
     print(f"{'':<24} {'before':>12} {'after':>12}")
     print(f"{'parameters':<24} {record['params_before']:>12,} {record['params_after']:>12,}  "
           f"({100 * record['ratio']:.1f}%)")
+    if "budget" in record:
+        budget = record["budget"]
+        print(f"{budget['unit']:<24} {'':>12} {'':>12}  ({100 * budget['achieved']:.2f}%: the budget is "
+              f"{100 * budget['target']:.2f}%)")
+    if record["options"].get("quantize"):
+        print(f"{'bytes':<24} {record['bytes_before']:>12,} {record['bytes_after']:>12,}  "
+              f"({100 * record['bytes_after'] / record['bytes_before']:.2f}%)")
     if "accuracy_before" in record:
         print(f"{'accuracy':<24} {100 * record['accuracy_before']:>11.2f}% {100 * record['accuracy_after']:>11.2f}%")
     print(f"{'relative output error':<24} {'':>12} {fidelity['relative_error']:>12.4g}")
@@ -291,9 +313,9 @@ def _evaluate(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import damle, minilm, robin, shenouda
+    from .experiments import budgets, damle, minilm, robin, shenouda
 
-    study = {"damle": damle, "robin": robin, "shenouda": shenouda, "minilm": minilm}[args.study]
+    study = {"damle": damle, "robin": robin, "shenouda": shenouda, "minilm": minilm, "budgets": budgets}[args.study]
     out = args.out if args.out is not None else Path("out") / args.study
     summary = study.run(out, quick=args.quick, overwrite=args.force, progress=sys.stderr.isatty())
     print(summary)

@@ -58,9 +58,12 @@ def run(args, progress: bool) -> tuple[dict | None, Compression]:
     source = load_source(args.source, args.weights, progress=progress)
     data = _data(args, source)
     _check_model_takes(source.model, data["calibration"][0], data["description"])
-    options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "size": args.size, "debias": args.debias,
-               "solver": args.solver, "refit": args.refit, "mu": args.mu, "max_seconds": args.max_seconds,
-               "warm_start": args.warm_start, "weighting": args.weighting}
+    options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "size": args.size, "flops": args.flops,
+               "latency": args.latency, "debias": args.debias, "solver": args.solver, "refit": args.refit,
+               "mu": args.mu, "max_seconds": args.max_seconds, "warm_start": args.warm_start,
+               "weighting": args.weighting, "lowrank": args.lowrank, "sample_inputs": args.sample_inputs,
+               "quantize": args.quantize, "output_loss": args.output_loss}
+    options = {key: value for key, value in options.items() if value is not None}
     layers = None
     if args.only:
         options["keep"], layers = _only(args, source.model, data["calibration"][0])
@@ -77,6 +80,8 @@ def run(args, progress: bool) -> tuple[dict | None, Compression]:
         "calibration": data["description"], "calibration_size": data["calibration_size"],
         "held_out": data["held_out_description"],
         "params_before": result.params_before, "params_after": result.params_after, "ratio": result.ratio,
+        "bytes_before": result.bytes_before, "bytes_after": result.bytes_after,
+        **({"budget": result.budget} if result.budget else {}),
         "seconds": seconds, "fidelity": fidelity,
         **({"accuracy_before": fidelity["accuracy_before"], "accuracy_after": fidelity["accuracy_after"]}
            if "accuracy_before" in fidelity else {}),

@@ -3,7 +3,8 @@
 ``Sampled`` is the dynamic input sampler of Robin §2.6: when a tensor is read by
 several layers that keep different units (a residual stream), each reader selects its
 kept units at inference time instead of the producer dropping them. ``LowRank`` is a
-layer replaced by two thinner ones (the ``lowrank`` baseline).
+layer replaced by two thinner ones (the ``lowrank`` baseline, a budget's rank stage).
+The int8 layers of :mod:`netshrink.quantize` are described here too.
 
 ``spec(module)`` describes any module a rewrite produces as plain JSON and
 ``build(spec)`` makes an empty module of that shape, so a saved compression is rebuilt
@@ -17,6 +18,7 @@ from torch import nn
 
 from .errors import NetshrinkError
 from .layers import is_transposed_linear
+from .quantize import Int8Conv2d, Int8Linear
 
 
 class Sampled(nn.Module):
@@ -81,6 +83,14 @@ def spec(module: nn.Module) -> dict:
                 "layer": spec(module.layer)}
     if kind is LowRank:
         return {"type": "LowRank", "first": spec(module.first), "second": spec(module.second)}
+    if kind is Int8Linear:
+        return {"type": "Int8Linear", "in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+    if kind is Int8Conv2d:
+        return {"type": "Int8Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
+                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
+                "padding": list(module.padding), "dilation": list(module.dilation), "groups": module.groups,
+                "bias": module.bias is not None}
     raise NetshrinkError(f"cannot describe a {kind.__name__} in a manifest")
 
 
@@ -118,4 +128,11 @@ def build(description: dict, device=None, dtype=None, like: nn.Module | None = N
     if kind == "LowRank":
         return LowRank(build(description["first"], device, dtype),
                        build(description["second"], device, dtype))
+    if kind == "Int8Linear":
+        return Int8Linear(description["in_features"], description["out_features"], description["bias"],
+                          dtype=dtype or torch.float32, device=device)
+    if kind == "Int8Conv2d":
+        return Int8Conv2d(description["in_channels"], description["out_channels"], description["kernel_size"],
+                          description["stride"], description["padding"], description["dilation"],
+                          description["groups"], description["bias"], dtype=dtype or torch.float32, device=device)
     raise NetshrinkError(f"unknown module type {kind!r} in the manifest")

@@ -38,7 +38,7 @@ methods.base.units_to_keep`); this is checked. Rows:
 - Torch-Pruning 1.6.1, magnitude and Taylor importance, no finetuning
   (:mod:`.minilm_torch_pruning`);
 - FLAP-style selection with mean-bias compensation and Kwon-style selection with one
-  least-squares scale per kept unit (:mod:`.minilm_peers`).
+  least-squares scale per kept unit (:mod:`.peers`).
 
 Taylor importance and Kwon's Fisher scores need gradients of a loss; they use the
 unsupervised SimCSE loss on the first :attr:`Settings.gradient_texts` calibration texts.
@@ -243,7 +243,7 @@ def _setup(settings: Settings, log) -> _Context:
 
 
 def _sweeps(settings: Settings, context: _Context, journal: Journal, log) -> list[dict]:
-    from netshrink.experiments.minilm_peers import fisher_scores
+    from netshrink.experiments.peers import fisher_scores
     from netshrink.graph import find_cuts
 
     cuts, _ = find_cuts(context.model, example=context.calibration[0])
@@ -284,7 +284,7 @@ def _sweeps(settings: Settings, context: _Context, journal: Journal, log) -> lis
 def _compressed(method: str, budget: dict, context: _Context, fisher: dict) -> torch.nn.Module:
     """The model ``method`` makes at ``budget`` (``{kind: keep}``)."""
     import netshrink
-    from netshrink.experiments.minilm_peers import Flap, Kwon
+    from netshrink.experiments.peers import Flap, Kwon
     from netshrink.experiments.minilm_torch_pruning import torch_pruning_copy
 
     model, data = context.model, context.calibration

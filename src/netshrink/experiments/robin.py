@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netshrink.experiments.runtime import Log, output_folder, torch_threads, write_json
+from netshrink.experiments.runtime import Log, output_folder, paired_se_pt, torch_threads, write_json
 
 __all__ = ["run", "Settings", "FULL", "QUICK"]
 
@@ -405,13 +405,6 @@ def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     logits = predict_logits(model, images)
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
     return top[:, 0] == labels, float((top == labels[:, None]).any(dim=1).double().mean())
-
-
-def _paired_se_pt(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Standard error (pt) of the accuracy difference of two models on the same images:
-    ``std(c₁ − c₂)/√N`` over the per-image correctness ``c`` (only disagreements count)."""
-    difference = first.double() - second.double()
-    return 100 * float(difference.std(unbiased=True)) / math.sqrt(difference.numel())
 
 
 def _mib(params: int) -> float:
@@ -974,7 +967,7 @@ def _compare(gl: list[dict], baseline: list[dict], correctness) -> dict:
         nearest = min(baseline, key=lambda b: abs(math.log(b["ratio"]) - x))
         compared.append({"ratio": p["ratio"], "lam": p["lam"], "group_lasso_accuracy_pct": 100 * p["accuracy"],
                          "baseline_accuracy_pct": other, "margin_pt": 100 * p["accuracy"] - other,
-                         "paired_se_pt": _paired_se_pt(correctness(p), correctness(nearest))})
+                         "paired_se_pt": paired_se_pt(correctness(p), correctness(nearest))})
     margins = [c["margin_pt"] for c in compared]
     # No group-lasso size inside the baseline's range: compare by dominance instead — each
     # baseline point against the group-lasso points that are no larger.

@@ -46,6 +46,13 @@ class Log:
             print(f"[{self.name} {time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
+def paired_se_pt(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Standard error (pt) of the accuracy difference of two models on the same images:
+    ``std(c₁ − c₂)/√N`` over the per-image correctness ``c`` (only disagreements count)."""
+    difference = first.double() - second.double()
+    return 100 * float(difference.std(unbiased=True)) / math.sqrt(difference.numel())
+
+
 def plain(value):
     """``value`` as plain JSON types: numpy/torch scalars and arrays to numbers and lists,
     non-finite floats to None (JSON has no NaN), dict keys to strings."""

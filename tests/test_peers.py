@@ -12,7 +12,7 @@ from netshrink.graph import find_cuts
 import hf_models
 
 pytest.importorskip("torch_pruning")
-from netshrink.experiments.minilm_peers import Flap, Kwon, fisher_scores  # noqa: E402
+from netshrink.experiments.peers import Flap, Kwon, fisher_scores  # noqa: E402
 
 FFN = "encoder.layer.1.intermediate.dense"
 CONSUMER = "encoder.layer.1.output.dense"

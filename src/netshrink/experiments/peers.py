@@ -14,27 +14,40 @@ netshrink's own methods; only the selection and the compensation differ.
   netshrink's per-layer budget, so all methods keep the same units per layer.
 - :class:`Kwon`: Kwon et al. (NeurIPS 2022), the BERT method. Units (heads, FFN neurons)
   are ranked by the Fisher information of a mask that scales them,
-  ``Σ_batches (∂L/∂m_u)²`` (:func:`fisher_scores`; the loss is the unsupervised SimCSE
-  objective of :mod:`.minilm_torch_pruning`, a sentence encoder having no labels), and
+  ``Σ_batches (∂L/∂m_u)²`` (:func:`fisher_scores`; for a sentence encoder, which has no
+  labels, the loss is the unsupervised SimCSE objective of :mod:`.minilm_torch_pruning`;
+  for a classifier, the cross-entropy of the true labels), and
   the kept units get one least-squares scale each (mask tuning): ``s = argmin
   E‖y − Σ_{u∈S} s_u W[:, C_u] x_{C_u}‖²`` with the bias frozen, layer by layer on the
   pruned model's inputs (``chaining="top_down"``). The normal equations come from the
   Gram statistics: ``A_uv = Σ (WᵀW)[C_u, C_v] ⊙ E[x xᵀ][C_u, C_v]``,
   ``b_u = Σ W[:, C_u] ⊙ E[y x_{C_u}ᵀ]``. Kwon's mask rearrangement (a swap search
   within the block-diagonal Fisher) is not reproduced.
+
+Under a global budget each peer also makes its own allocation, as its paper does:
+
+- :func:`kwon_widths`: Kwon's mask search — remove the units whose masks carry the least
+  Fisher information per unit of cost until the budget is met (a knapsack over every
+  cut at once, solved with netshrink's allocation on the cumulative Fisher of each
+  cut's least important units);
+- :func:`flap_widths`: FLAP's adaptive structure search — standardise each layer's scores
+  (``(s − mean)/std`` within the cut) and remove the globally lowest until the budget is
+  met.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from netshrink.budget import Knob, allocate
 from netshrink.graph import Cut
 from netshrink.layers import columns_of
 from netshrink.methods import Decision, Method
-from netshrink.methods.base import check_keep, units_to_keep
+from netshrink.methods.base import Widths, check_keep, units_to_keep
 from netshrink.methods.regression import regressions, relative_error
-from netshrink.observe import GramStatistic
+from netshrink.observe import GramStatistic, observe
 
 from .minilm_torch_pruning import simcse_loss
 
@@ -52,11 +65,9 @@ class Flap(Method):
         return GramStatistic(consumers)
 
     def decide(self, cut, statistic, consumers, producers) -> Decision:
+        scores = flap_scores(cut, statistic, consumers)
         (problem,) = regressions(cut, statistic, consumers, intercept=False)
         mean, _ = statistic.means(0)
-        variance = (torch.diagonal(problem.gram) - mean.square()).clamp(min=0)
-        columns = variance * problem.weight.square().sum(dim=0)  # (d,)
-        scores = columns.reshape(cut.width, problem.group).sum(dim=1)
         count = units_to_keep(self.keep, cut)
         kept = torch.sort(torch.argsort(scores, descending=True, stable=True)[:count]).values
         kept_columns = columns_of(kept, problem.group)
@@ -109,33 +120,37 @@ def mask_tuning(problem, kept: torch.Tensor) -> torch.Tensor:
                               ).solution.squeeze(1)
 
 
-def fisher_scores(model: nn.Module, batches: list[dict], cuts: list[Cut]) -> dict[str, torch.Tensor]:
+def fisher_scores(model: nn.Module, batches: list, cuts: list[Cut], loss=None) -> dict[str, torch.Tensor]:
     """``{cut.name: (width,)}``: the Fisher information ``Σ_batches (∂L/∂m_u)²`` of a mask
     ``m = 1`` scaling each unit's input columns of the cut's consumer (a head's context,
-    an FFN neuron's activation), with the SimCSE loss of :mod:`.minilm_torch_pruning`.
+    an FFN neuron's activation, a channel of a feature map). ``loss(model, batch)`` is the
+    loss (default: the SimCSE loss of :mod:`.minilm_torch_pruning`, for keyword batches).
     ``model`` is left as it was (eval mode, no gradients)."""
+    loss = simcse_loss if loss is None else loss
     masks = {cut.name: torch.ones(cut.width, requires_grad=True) for cut in cuts}
     fisher = {cut.name: torch.zeros(cut.width, dtype=torch.float64) for cut in cuts}
     handles = []
     for cut in cuts:
         layer = model.get_submodule(cut.consumers[0])
-        group = layer.in_features // cut.width
 
-        def scale(_module, inputs, mask=masks[cut.name], group=group):
-            return (inputs[0] * mask.repeat_interleave(group),)
+        def scale(_module, inputs, mask=masks[cut.name], layer=layer):
+            x = inputs[0]
+            if type(layer) is nn.Conv2d:  # channels of a feature map
+                return (x * mask.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2))),)
+            return (x * mask.to(x.dtype).repeat_interleave(x.shape[-1] // mask.numel()),)
 
         handles.append(layer.register_forward_pre_hook(scale))
     training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.requires_grad_(False)  # only the masks' gradients are needed
-        model.train()
+        model.train(loss is simcse_loss)  # SimCSE needs dropout; a supervised loss is taken in eval mode
         with torch.random.fork_rng(), torch.enable_grad():
             torch.manual_seed(0)
             for batch in batches:
                 for mask in masks.values():
                     mask.grad = None
-                simcse_loss(model, batch).backward()
+                loss(model, batch).backward()
                 for name, mask in masks.items():
                     fisher[name] += mask.grad.double().square()
     finally:
@@ -145,3 +160,53 @@ def fisher_scores(model: nn.Module, batches: list[dict], cuts: list[Cut]) -> dic
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
     return fisher
+
+
+def cross_entropy(model: nn.Module, batch) -> torch.Tensor:
+    """The summed cross-entropy of a classifier on an ``(inputs, labels)`` batch."""
+    inputs, labels = batch
+    return torch.nn.functional.cross_entropy(model(inputs), labels, reduction="sum")
+
+
+def kwon_widths(scores: dict[str, torch.Tensor], cuts: list[Cut], costs, fraction: float) -> Widths:
+    """Kwon's mask search under a budget of ``fraction`` of ``costs``: at every cut the
+    units leave in the order of their mask Fisher information, and the loss of keeping
+    ``k`` is the Fisher information of the others; the widths minimise its sum within
+    the budget (:func:`netshrink.budget.allocate`)."""
+    knobs = []
+    for cut in cuts:
+        ranked = torch.sort(scores[cut.name].double(), descending=True).values.numpy()
+        lost = np.concatenate([np.cumsum(ranked[::-1])[::-1], [0.0]])  # Fisher of the units after the first k
+        knobs.append(Knob(cut.name, lost))
+    return Widths(allocate(knobs, costs, fraction * costs.total).widths)
+
+
+def flap_scores(cut: Cut, statistic: GramStatistic, consumers: list[nn.Module]) -> torch.Tensor:
+    """``(width,)`` FLAP's fluctuation score of every unit (module doc)."""
+    (problem,) = regressions(cut, statistic, consumers, intercept=False)
+    mean, _ = statistic.means(0)
+    variance = (torch.diagonal(problem.gram) - mean.square()).clamp(min=0)
+    columns = variance * problem.weight.square().sum(dim=0)  # (d,)
+    return columns.reshape(cut.width, problem.group).sum(dim=1)
+
+
+def flap_widths(model: nn.Module, cuts: list[Cut], data, costs, fraction: float) -> Widths:
+    """FLAP's adaptive structure search under a budget of ``fraction`` of ``costs``: the
+    units' scores are standardised within each cut and the globally lowest leave, one at a
+    time (each cut keeps at least one), until the cost fits."""
+    statistics = observe(model, cuts, data, lambda cut, consumers: GramStatistic(consumers))
+    modules = dict(model.named_modules())
+    standardised = []
+    for cut in cuts:
+        scores = flap_scores(cut, statistics.pop(cut.name), [modules[path] for path in cut.consumers]).double()
+        spread = float(scores.std()) if cut.width > 1 else 1.0
+        z = (scores - scores.mean()) / (spread if spread > 0 else 1.0)
+        standardised += [(float(value), cut.name) for value in z]
+    widths = {cut.name: cut.width for cut in cuts}
+    budget = fraction * costs.total
+    for _, name in sorted(standardised):
+        if costs.value(widths) <= budget:
+            break
+        if widths[name] > 1:
+            widths[name] -= 1
+    return Widths(widths)
