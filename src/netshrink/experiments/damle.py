@@ -92,6 +92,8 @@ class Settings:
     g7_stop_drop: float
     bisection_steps: int
     keep_fractions: tuple[float, ...]  # Goal 7 comparison: keep= sweep (empty: skipped)
+    # Goal 8: parameter budgets of the global allocation (method interpolative)
+    budget_sizes: tuple[float, ...] = ()
 
 
 FULL = Settings(
@@ -116,6 +118,7 @@ FULL = Settings(
     g7_stop_drop=20.0,
     bisection_steps=5,
     keep_fractions=(0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08),
+    budget_sizes=(0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.15, 0.2),
 )
 
 QUICK = Settings(
@@ -140,6 +143,7 @@ QUICK = Settings(
     g7_stop_drop=10.0,
     bisection_steps=2,
     keep_fractions=(),
+    budget_sizes=(0.08, 0.15),
 )
 
 
@@ -149,7 +153,7 @@ QUICK = Settings(
 
 
 def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool = False) -> str:
-    """Reproduce Goals 1–7 of seed 001 into the folder ``out``; return summary.md's text.
+    """Reproduce Goals 1–8 of seed 001 into the folder ``out``; return summary.md's text.
 
     Args:
         out: output folder; written atomically (complete or not at all).
@@ -181,8 +185,9 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         g5 = timed("G5", _goal5, folder, settings, context, log)
         g6 = timed("G6", _goal6, folder, settings, context, g5, log)
         g7 = timed("G7", _goal7, folder, settings, context, g6, log)
+        g8 = timed("G8", _goal8, folder, settings, context, g7, log)
         seconds["total"] = time.perf_counter() - started
-        text = _summary(settings, quick, context, seconds, g1, g2, g3, g4, g5, g6, g7)
+        text = _summary(settings, quick, context, seconds, g1, g2, g3, g4, g5, g6, g7) + _g8_text(g8)
         (folder / "summary.md").write_text(text, encoding="utf-8")
         write_json(folder / "run.json", {
             "mode": "quick" if quick else "full",
@@ -1058,6 +1063,120 @@ def _plot_g7(path: Path, data: dict) -> None:
     figure.suptitle(f"Goal 7: compressing the whole mlp7 ({'-'.join(map(str, data['widths']))}, "
                     f"{data['params_before']:,} parameters) with one ε for all layers")
     _save(figure, path)
+
+
+# --------------------------------------------------------------------------------------
+# Goal 8: a better trade-off than one ε layer after layer
+# --------------------------------------------------------------------------------------
+
+
+def _goal8(folder: Path, settings: Settings, context: _Context, g7: dict, log) -> dict:
+    """The global allocation (:mod:`netshrink.budget`, docs/budgets.md) against the seed's
+    scheme on mlp7: one parameter budget for the whole model, every layer's width from one
+    solve over the pivoted-QR loss curves, then the same top-down interpolative
+    decomposition; and with low rank on the survivors and input-pixel sampling under the
+    same allocation. Accuracy against parameters and against FLOPs."""
+    from netshrink import compress
+    from netshrink.budget import flop_costs, total_flops
+    from netshrink.evaluate import accuracy
+    from netshrink.graph import find_cuts
+
+    example = context.calibration[:1000]
+    cuts, _ = find_cuts(context.model, example=example)
+    flops = flop_costs(context.model, cuts, example)
+
+    def seed_row(row: dict) -> dict:
+        widths = dict(zip(context.cut_names, row["kept"]))
+        return {**row, "fraction_flops_kept": flops.value(widths) / flops.total}
+
+    curves = {"seed": [seed_row(row) for row in g7["points"]], "global": [], "global_stages": []}
+    for size in settings.budget_sizes:
+        for name, stages in (("global", {}), ("global_stages", {"lowrank": True, "sample_inputs": True})):
+            start = time.perf_counter()
+            result = compress(context.model, context.calibration, method="interpolative", size=size, **stages)
+            value = accuracy(result.model, context.test_images, context.test_labels)
+            row = {"size": size, "accuracy": value, "drop_pt": 100 * (context.accuracy - value),
+                   "fraction_params_kept": result.ratio,
+                   "fraction_flops_kept": total_flops(result.model, example) / flops.total,
+                   "widths": {k: v for k, v in result.budget["widths"].items()},
+                   "compress_seconds": time.perf_counter() - start}
+            curves[name].append(row)
+            log(f"G8 ({name}, size {size:g}): params {100 * row['fraction_params_kept']:.2f}%, FLOPs "
+                f"{100 * row['fraction_flops_kept']:.2f}%, accuracy {100 * value:.2f}% (drop {row['drop_pt']:+.2f} pt)")
+    best = {name: {f"{drop:g}": _fewest(rows, drop) for drop in (*TARGET_DROPS, 0.5)} for name, rows in curves.items()}
+    data = {
+        "goal": 8,
+        "what": "mlp7 compressed with method='interpolative': the seed's scheme (one ε for every layer, "
+        "top-down; the Goal 7 points) against a global allocation under a parameter budget "
+        "(compress(..., size=F): every layer's width from one solve over the pivoted-QR loss curves "
+        "weighted by the output's Fisher information, then the same top-down interpolative "
+        "decomposition), and the allocation with low rank on the survivors and input-pixel sampling",
+        "original_accuracy": context.accuracy,
+        "params_before": context.params,
+        "flops_before": flops.total,
+        "curves": curves,
+        "smallest_within_drop": best,
+    }
+    _plot_g8(folder / "g8_global_allocation.png", data)
+    write_json(folder / "g8_global_allocation.json", data)
+    return data
+
+
+def _fewest(rows: list[dict], drop: float) -> dict | None:
+    ok = [row for row in rows if row["drop_pt"] <= drop + 1e-9]
+    row = min(ok, key=lambda r: r["fraction_params_kept"]) if ok else None
+    return None if row is None else {key: row[key] for key in ("accuracy", "drop_pt", "fraction_params_kept",
+                                                                "fraction_flops_kept")}
+
+
+G8_LABELS = {"seed": f"{METHOD_CPQR} (ID), one ε for all layers, top-down (the seed's scheme)",
+             "global": "ID, global allocation under a parameter budget",
+             "global_stages": "ID, global allocation + low rank + input-pixel sampling"}
+
+
+def _plot_g8(path: Path, data: dict) -> None:
+    figure, axes = _figure(1, 2, (14, 5.6), sharey=True)
+    base = 100 * data["original_accuracy"]
+    for axis, key, label in ((axes[0], "fraction_params_kept", "fraction of parameters kept (log scale)"),
+                             (axes[1], "fraction_flops_kept", "fraction of forward FLOPs kept (log scale)")):
+        for (name, rows), color, marker in zip(data["curves"].items(), ("C0", "C3", "C2"), ("o", "s", "D")):
+            if rows:
+                x = np.array([row[key] for row in rows])
+                _accuracy_axis(axis, x, np.array([100 * row["accuracy"] for row in rows]), base, marker=marker,
+                               linestyle="-", color=color, markersize=4, label=G8_LABELS[name])
+        axis.axhline(base, color="black", linestyle="--", linewidth=1, label=f"original mlp7: {base:.2f}%")
+        axis.axhline(base - 0.5, color="gray", linestyle=":", linewidth=0.9, label="original − 0.5 pt")
+        axis.set_xscale("log")
+        budgets = [row[key] for name in ("global", "global_stages") for row in data["curves"][name]]
+        if budgets:  # the budgets' range (the seed's sweep runs on to a single neuron per layer)
+            axis.set_xlim(0.6 * min(budgets), min(1.0, 2.5 * max(budgets)))
+        axis.set_xlabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"test accuracy (%), zoomed to {ZOOM_PT:g} pt below the original")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("accuracy vs parameters kept (the budgets' range)")
+    axes[1].set_title("accuracy vs forward FLOPs kept")
+    figure.suptitle("Goal 8: one global allocation against one ε layer after layer (mlp7, Fashion-MNIST test set)")
+    _save(figure, path)
+
+
+def _g8_text(g8: dict) -> str:
+    lines = ["", "## Goal 8: a better trade-off than one ε layer after layer", "",
+             "`g8_global_allocation.png`: the seed's scheme (one ε, top-down, the Goal 7 points) against "
+             "`compress(model, data, 'interpolative', size=F)` — one solve gives every layer its width, "
+             "minimising the output loss estimated from the pivoted-QR curves and the Fisher information "
+             "of the output (derivation: docs/budgets.md) — and the same allocation with low rank on the "
+             "survivors and input-pixel sampling. Smallest fraction of the parameters (and of the FLOPs) "
+             "within each drop:", "",
+             "| scheme | within 0.2 pt | within 0.5 pt | within 1 pt |", "|---|---|---|---|"]
+    for name, label in G8_LABELS.items():
+        cells = []
+        for drop in ("0.2", "0.5", "1"):
+            row = g8["smallest_within_drop"][name][drop]
+            cells.append("—" if row is None else f"{_pct(row['fraction_params_kept'], 2)} params, "
+                         f"{_pct(row['fraction_flops_kept'], 2)} FLOPs ({row['drop_pt']:+.2f} pt)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------
