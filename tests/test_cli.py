@@ -137,3 +137,41 @@ def test_multitask_lasso_on_one_layer_from_the_command_line(trained_mlp7, capsys
 def test_option_of_another_method_is_reported(capsys):
     status, _, err = run(capsys, "compress", "mlp7", "--method", "interpolative", "--lam", "0.1")
     assert status == 2 and "has no option lam" in err
+
+
+def test_compress_under_a_budget_with_stages(capsys, tmp_path):
+    status, out, _ = run(capsys, "compress", "lenet300", "--method", "group_lasso", "--size", "0.3", "--lowrank",
+                         "--sample-inputs", "--quantize", "int8", "--calibration-size", "1000", "--json",
+                         "--out", str(tmp_path / "small"))
+    assert status == 0
+    report = json.loads(out)
+    budget = report["budget"]
+    assert budget["kind"] == "size" and budget["achieved"] <= 0.3 and report["ratio"] == budget["achieved"]
+    assert report["options"]["quantize"] == "int8" and report["bytes_after"] < 0.1 * report["bytes_before"]
+    assert {layer["kind"] for layer in report["layers"]} >= {"neurons", "rank"}
+    assert any(layer["sampled"] for layer in report["layers"])
+    from netshrink import load, zoo
+
+    small = load(tmp_path / "small", zoo.build("lenet300")).eval()
+    images, labels = fashion_mnist("test")
+    assert accuracy(small, images, labels) == pytest.approx(report["accuracy_after"])
+
+
+def test_flops_budget_on_the_command_line(capsys):
+    status, out, _ = run(capsys, "compress", "lenet5", "--method", "magnitude", "--flops", "0.5", "--refit",
+                         "--calibration-size", "500", "--quiet")
+    assert status == 0 and "the budget is 50.00%" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "0.5", "--flops", "0.5"], "not allowed with argument"),
+    (["--keep", "0.5", "--lowrank"], "lowrank=True is a stage of the global allocation"),
+    (["--size", "0.0001"], "Ask for at least"),
+])
+def test_budget_errors_on_the_command_line(capsys, argv, message):
+    try:
+        status, _, err = run(capsys, "compress", "lenet300", "--method", "group_lasso", "--calibration-size", "500",
+                             *argv)
+    except SystemExit as exc:  # argparse refuses two budgets itself
+        status, err = exc.code, capsys.readouterr().err
+    assert status == 2 and message in err

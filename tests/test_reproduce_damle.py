@@ -17,6 +17,7 @@ STEMS = [
     "g5_activation_id",
     "g6_first_layer",
     "g7_whole_model",
+    "g8_global_allocation",
 ]
 
 
@@ -102,6 +103,13 @@ def test_quick_run_writes_every_figure_and_its_numbers(quick_run, record_propert
         assert 0 < point["fraction_params_kept"] <= 1
     assert set(g7["smallest_params_within_drop"]) == {"0.2", "1"}
     assert "0.2 pt" in summary and "1.0 pt" in summary
+
+    g8 = data["g8_global_allocation"]
+    assert len(g8["curves"]["seed"]) == len(g7["points"])
+    for name in ("global", "global_stages"):
+        for row in g8["curves"][name]:  # a parameter budget is never exceeded
+            assert row["fraction_params_kept"] <= row["size"] and 0 < row["fraction_flops_kept"] <= 1
+    assert "Goal 8" in summary and "global allocation" in summary
 
 
 def test_existing_folder_is_refused_before_any_work(quick_run, monkeypatch):

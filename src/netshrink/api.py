@@ -17,6 +17,7 @@ from torch import nn
 from . import batches, distributed
 from .activation_cache import CacheOptions
 from .budget import BUDGET_KINDS, Budget, take_budget
+from .budget.allocation import check_reachable
 from .budget import ranks
 from .budget.plan import achieved, cost_model, loss_curves, plan
 from .atomic import atomic_directory
@@ -392,15 +393,16 @@ class _Pricing:
         self._costs = {}
 
     def plan(self, budget):
+        if budget.kind not in self._costs:
+            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example,
+                                                  lowrank=self.lowrank)
+        check_reachable(self._costs[budget.kind], budget.fraction * self._costs[budget.kind].total)
         if self._knobs is None:
             planner = _strategy(self.method, {**self.options, "keep": 1.0})
             planner.prepare(self.model, self.cuts)
             self._knobs = loss_curves(self.model, self.cuts, self.data, planner,
                                       output_loss=self.output_loss or "auto", lowrank=self.lowrank,
                                       progress=self.progress)
-        if budget.kind not in self._costs:
-            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example,
-                                                  lowrank=self.lowrank)
         return plan(self._knobs, self._costs[budget.kind], budget)
 
     @property

@@ -85,17 +85,9 @@ def allocate(knobs: Sequence[Knob], cost: CostModel, budget: float, *, bisection
             (the message gives the smallest reachable fraction of the full cost).
     """
     knobs = list(knobs)
-    total = cost.total
     top = {knob.name: knob.top for knob in knobs}
     lowest = {knob.name: knob.minimum for knob in knobs}
-    smallest = cost.value(lowest)
-    if smallest > budget:
-        raise BudgetError(
-            f"the budget is {budget / total:.4g} of the {cost.unit} ({budget:,.0f} of {total:,.0f}), but the "
-            f"smallest model this allocation reaches, with {'one unit' if len(knobs) else 'no unit'} kept per cut, "
-            f"has {smallest / total:.4g} ({smallest:,.0f}): the layers outside the cuts cost that much. Ask for at "
-            f"least {math.ceil(smallest / total * 1e4) / 1e4:g}"
-        )
+    check_reachable(cost, budget, lowest)
     if cost.value(top) <= budget:
         return _finish(knobs, cost, budget, top, 0.0, 0)
 
@@ -113,7 +105,7 @@ def allocate(knobs: Sequence[Knob], cost: CostModel, budget: float, *, bisection
         return levels
 
     # a bracket [low, high] of μ: the minimiser at high fits the budget, the one at low does not
-    scale = max(float(sum(knob.loss.max() for knob in knobs)), 1e-300) / total
+    scale = max(float(sum(knob.loss.max() for knob in knobs)), 1e-300) / cost.total
 
     def fits(multiplier: float) -> bool:
         return cost.value(solve(multiplier)) <= budget
@@ -135,6 +127,21 @@ def allocate(knobs: Sequence[Knob], cost: CostModel, budget: float, *, bisection
     if cost.value(levels) > budget:  # no μ fits (a flat curve everywhere): start from the minimum
         levels = dict(lowest)
     return _fill(knobs, cost, budget, levels, high)
+
+
+def check_reachable(cost: CostModel, budget: float, lowest: dict[str, int] | None = None) -> None:
+    """Raise :class:`BudgetError` when even the fewest units everywhere (``lowest``, one per
+    knob by default) cost more than ``budget``; the message gives the smallest reachable
+    fraction."""
+    lowest = {name: 1 for name in cost.full} if lowest is None else lowest
+    smallest, total = cost.value(lowest), cost.total
+    if smallest > budget:
+        raise BudgetError(
+            f"the budget is {budget / total:.4g} of the {cost.unit} ({budget:,.0f} of {total:,.0f}), but the "
+            f"smallest model this allocation reaches, with one unit kept per cut, has {smallest / total:.4g} "
+            f"({smallest:,.0f}): the layers outside the cuts cost that much. Ask for at least "
+            f"{math.ceil(smallest / total * 1e4) / 1e4:g}"
+        )
 
 
 def _fill(knobs, cost: CostModel, budget: float, levels: dict[str, int], multiplier: float) -> Allocation:

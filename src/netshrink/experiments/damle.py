@@ -143,7 +143,7 @@ QUICK = Settings(
     g7_stop_drop=10.0,
     bisection_steps=2,
     keep_fractions=(),
-    budget_sizes=(0.08, 0.15),
+    budget_sizes=(0.1,),
 )
 
 
