@@ -28,7 +28,7 @@ from .methods import METHODS, Method, make_method
 from .methods.base import Widths
 from .methods.warm_start import WarmStarts
 from .modules import build, spec
-from .quantize import check_scheme, stored_bytes
+from .quantize import check_scheme, output_layers, stored_bytes
 from .quantize import quantize as quantize_layers
 from .observe import Calibration
 from .onload import Onload, Residency, has_meta_parameters
@@ -646,7 +646,7 @@ def _compression(model, shrunk, cuts, decisions, every, skipped, method, options
     low-rank ``factorised`` layers of a budget's rank stage, reported with kind ``"rank"``),
     its layers quantized by ``quantize`` (in place), checked to run (unless ``runs`` is
     False: an onloaded model's blocks are on the meta device)."""
-    quantized = quantize_layers(shrunk, quantize) if quantize is not None else []
+    quantized = [] if quantize is None else quantize_layers(shrunk, quantize, keep=output_layers(shrunk, example))
     if runs:
         _check_runs(shrunk, example)
     reports = [

@@ -9,7 +9,11 @@ stores its weight as int8 with one float scale per output channel,
 and computes with ``s ⊙ Q`` in the input's dtype (weight-only quantization: activations
 stay in floating point, so any model runs unchanged on any device and exports to ONNX).
 The weight of an ``out × d`` layer then takes ``out·d`` bytes instead of ``4·out·d``, plus
-``out`` scales. Biases, norms and embeddings are left as they are.
+``out`` scales. Biases, norms and embeddings are left as they are, and so is a layer whose
+output is the network's output (a classifier's last layer, :func:`output_layers`): its rows
+are the outputs themselves, and a refitted output layer can hold large weights that cancel
+— on mlp7 compressed to 10% of its parameters, the int8 classifier alone cost 1.9 points of
+accuracy, every other layer at most 0.2.
 """
 
 from __future__ import annotations
@@ -77,16 +81,46 @@ def quantizable(module: nn.Module) -> bool:
     return type(module) in (nn.Linear, nn.Conv2d) or is_transposed_linear(module)
 
 
-def quantize(model: nn.Module, scheme: str = "int8") -> list[str]:
-    """Replace every layer of ``model`` that :func:`quantizable` accepts by its int8
-    version, in place (module doc); returns their paths.
+def output_layers(model: nn.Module, example) -> list[str]:
+    """The quantizable layers of ``model`` whose output is (part of) the model's output on
+    ``example`` (a calibration batch; two samples are run)."""
+    from . import batches
+    from .evaluate import model_device
+
+    produced: list[tuple[str, object]] = []  # the outputs are held, so no tensor's id is reused
+
+    def record(path: str):
+        def hook(_module, _inputs, output):
+            produced.append((path, output))
+
+        return hook
+
+    handles = [module.register_forward_hook(record(path))
+               for path, module in model.named_modules() if path and quantizable(module)]
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = batches.call(model, batches.to_device(batches.head(example, 2), model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags:
+            module.training = flag
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else [output]
+    return [path for path, tensor in produced if any(tensor is value for value in values)]
+
+
+def quantize(model: nn.Module, scheme: str = "int8", keep=()) -> list[str]:
+    """Replace every layer of ``model`` that :func:`quantizable` accepts, except those at the
+    paths of ``keep``, by its int8 version, in place (module doc); returns their paths.
 
     Raises:
         InvalidInputError: an unknown ``scheme``; a layer whose weights are not floating
             point (already quantized); a model with no such layer.
     """
     check_scheme(scheme)
-    paths = [path for path, module in model.named_modules() if path and quantizable(module)]
+    paths = [path for path, module in model.named_modules() if path and quantizable(module) and path not in keep]
     if not paths:
         already = [path for path, module in model.named_modules() if isinstance(module, (Int8Linear, Int8Conv2d))]
         raise InvalidInputError(

@@ -137,9 +137,9 @@ def check_reachable(cost: CostModel, budget: float, lowest: dict[str, int] | Non
     smallest, total = cost.value(lowest), cost.total
     if smallest > budget:
         raise BudgetError(
-            f"the budget is {budget / total:.4g} of the {cost.unit} ({budget:,.0f} of {total:,.0f}), but the "
+            f"the budget is {budget / total:.4g} of the {cost.unit} ({budget:,.6g} of {total:,.6g}), but the "
             f"smallest model this allocation reaches, with one unit kept per cut, has {smallest / total:.4g} "
-            f"({smallest:,.0f}): the layers outside the cuts cost that much. Ask for at least "
+            f"({smallest:,.6g}): the layers outside the cuts cost that much. Ask for at least "
             f"{math.ceil(smallest / total * 1e4) / 1e4:g}"
         )
 

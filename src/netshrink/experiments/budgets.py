@@ -90,7 +90,7 @@ FULL = Settings(
              "mlp7": tuple(("size", f) for f in (0.03, 0.04, 0.05, 0.065)),
              "vgg-fmnist": (*(("size", f) for f in (0.2, 0.3, 0.4, 0.5)), *(("flops", f) for f in (0.4, 0.5, 0.6)))},
     int8={"mlp7": (0.06, 0.08, 0.1)},
-    latency={"mlp7": (0.3, 0.5), "lenet5": (0.5,)},
+    latency={"mlp7": (0.5, 0.7), "lenet5": (0.85,)},
     minilm=True,
 )
 QUICK = Settings(budgets={"lenet300": (("size", 0.25), ("size", 0.35))}, int8={"lenet300": (0.3,)},
