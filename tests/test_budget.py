@@ -347,3 +347,17 @@ def test_budget_errors_of_the_method_and_the_model():
         netshrink.compress(model, calibration, GroupLasso(keep=0.5), size=0.5)
     with pytest.raises(BudgetError, match="smallest model this allocation reaches.*Ask for at least"):
         netshrink.compress(model, calibration, "group_lasso", size=0.001)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("interpolative", {}), ("random", {}), ("magnitude", {"refit": True}), ("magnitude", {}),
+    ("multitask_lasso", {"layer": "last"}), ("lowrank", {}),
+])
+def test_every_method_takes_a_budget(method, options):
+    model, calibration = _random_chain(4)
+    result = netshrink.compress(model, calibration, method, size=0.8 if method == "multitask_lasso" else 0.5,
+                                **options)
+    target = result.budget["target"]
+    assert result.ratio <= target and result.budget["achieved"] == pytest.approx(result.budget["predicted"])
+    with torch.no_grad():
+        assert result.model(calibration[:4]).shape == (4, 3)

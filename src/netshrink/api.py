@@ -497,8 +497,9 @@ def sweep(
       ill-conditioned Grams of ReLU layers that the supports differ: on mlp7 (parallel, λ
       from 2e-4 to 0.1) 8 of 9 budgets kept different units, by up to 52 of 1024 at one
       cut. They agree once both solves are tight (``gap_tol=1e-10`` on small networks, as
-      tested). ``keep`` budgets search λ with their own warm starts; ``size`` budgets
-      bisect on ``lam`` as :func:`compress` does, each step on the shared statistics.
+      tested). ``keep`` budgets search λ with their own warm starts; ``size``, ``flops``
+      and ``latency`` budgets share one set of loss curves (observed once, on the first
+      of them) and each runs its own allocation (:mod:`netshrink.budget`).
 
     Memory: the statistics of every cut are held until the sweep ends (top-down: those of the
     latest budget's run), and the result holds one model per budget.
@@ -510,7 +511,7 @@ def sweep(
             of its own, so it cannot be swept: call :func:`compress` with each.)
         budgets: a list of budgets, each a mapping of one budget option of ``method`` to its
             value: ``{"lam": 1e-3}``, ``{"keep": 0.5}``, ``{"keep": {"heads": 0.5}}``,
-            ``{"tol": 0.1}``, ``{"size": 0.2}`` (see :data:`BUDGETS` and :func:`compress` for
+            ``{"tol": 0.1}``, ``{"size": 0.2}``, ``{"flops": 0.4}`` (see :data:`BUDGETS` and :func:`compress` for
             which method takes which). Budgets of different options may be mixed: they share
             the statistics (warm starts run along the ``lam`` ones). An empty list gives an
             empty list, without reading the data.
