@@ -10,6 +10,7 @@ import pytest
 from netshrink.cli import main
 from netshrink.errors import OutputExistsError
 from netshrink.experiments import robin
+from netshrink.experiments.runtime import paired_se_pt
 
 FIGURES = {
     "fig5_debiasing": robin._draw_fig5,
@@ -198,9 +199,9 @@ def test_paired_standard_error_matches_the_discordant_pair_formula():
         b = int((first & ~second).sum())
         c = int((~first & second).sum())
         variance = ((b + c) / n - ((b - c) / n) ** 2) * n / (n - 1)
-        assert robin._paired_se_pt(first, second) == pytest.approx(100 * math.sqrt(variance / n), rel=1e-12)
+        assert paired_se_pt(first, second) == pytest.approx(100 * math.sqrt(variance / n), rel=1e-12)
     same = torch.from_numpy(rng.random(100) < 0.9)
-    assert robin._paired_se_pt(same, same) == 0
+    assert paired_se_pt(same, same) == 0
 
 
 def test_existing_folder_is_refused_before_any_work(quick_run, monkeypatch):
