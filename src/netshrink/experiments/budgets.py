@@ -92,6 +92,7 @@ FULL = Settings(
     int8={"mlp7": (0.06, 0.08, 0.1)},
     latency={"mlp7": (0.5,), "lenet5": (0.85,)},
     minilm=True,
+    minilm_texts=(500, 300),
 )
 QUICK = Settings(budgets={"lenet300": (("size", 0.25), ("size", 0.35))}, int8={"lenet300": (0.3,)},
                  latency={"lenet300": (0.8,)}, bisection_steps=5)
@@ -109,7 +110,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         rows = []
         for network, budgets in settings.budgets.items():
             rows += runner.network(network, budgets)
-            data = _figure_data(network, [r for r in rows if r["network"] == network], runner.nets[network])
+            data = _figure_data(network, [r for r in rows if r["network"] == network], runner.net(network))
             write_json(folder / f"{network}.json", data)
             _draw(data).savefig(folder / f"{network}.png", dpi=110)
         write_json(folder / "rows.json", {"rows": [_public(r) for r in rows]})
@@ -510,10 +511,10 @@ def _summary(settings, quick, runner, rows, int8, latency, minilm, seconds) -> s
                                             f"{'met' if best[measure] <= fraction + 1e-9 else 'missed'}")
         lines.append(f"| {network}: ≤ {_pct(fraction)} of the {'parameters' if kind == 'size' else 'FLOPs'} within "
                      f"{drop} pt | {verdict} | {'; '.join(cells)} |")
-    lines += ["", "## Every budget: accuracy drop (pt), and the difference to the global allocation ± its paired "
-              "standard error", ""]
+    lines += ["", "## Every budget: accuracy drop (pt), and the scheme's accuracy minus the global allocation's "
+              "(pt; negative: the global allocation is better) ± its paired standard error", ""]
     for network in dict.fromkeys(r["network"] for r in rows):
-        net = runner.nets[network]
+        net = runner.net(network)
         mine = [r for r in rows if r["network"] == network and not r["extra"]]
         lines += [f"### {network} ({100 * net.accuracy:.2f}%, {net.parameters:,} parameters)", "",
                   "| budget | " + " | ".join(SCHEMES) + " |", "|---|" + "---|" * len(SCHEMES)]
