@@ -88,7 +88,7 @@ FULL = Settings(
     budgets={"lenet300": tuple(("size", f) for f in (0.2, 0.25, 0.3, 0.35)),
              "lenet5": tuple(("size", f) for f in (0.1, 0.15, 0.2, 0.275)),
              "mlp7": tuple(("size", f) for f in (0.03, 0.04, 0.05, 0.065)),
-             "vgg-fmnist": (*(("size", f) for f in (0.2, 0.3, 0.5)), *(("flops", f) for f in (0.4, 0.6)))},
+             "vgg-fmnist": (("size", 0.2), ("size", 0.3), ("flops", 0.4))},
     int8={"mlp7": (0.06, 0.08, 0.1)},
     latency={"mlp7": (0.5,), "lenet5": (0.85,)},
     minilm=True,
