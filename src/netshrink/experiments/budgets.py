@@ -473,10 +473,17 @@ def _draw(data: dict):
         axis.set_ylabel("test accuracy drop (points, lower is better)")
         axis.set_title(f"{data['network']} ({100 * data['accuracy']:.2f}% test accuracy): drop vs {title}")
         axis.grid(alpha=0.3)
-        top = max((max(c["drop_pt"]) for c in data["curves"]), default=1)
-        axis.set_ylim(min(-0.3, axis.get_ylim()[0]), min(top * 1.05 + 0.1, 6))
+        drops = [d for c in data["curves"] for d in c["drop_pt"]] or [1.0]
+        top = min(max(drops) * 1.05 + 0.1, 6)
+        axis.set_ylim(min(-0.3, min(drops) - 0.2), top)
+        for curve in data["curves"]:  # points above the shown range: their value at the top edge
+            color = STYLES[curve["scheme"]][0]
+            for x, drop in zip(curve[measure], curve["drop_pt"]):
+                if drop > top:
+                    axis.annotate(f"↑{drop:.0f}", (100 * x, top), xytext=(0, -10), textcoords="offset points",
+                                  ha="center", fontsize=7, color=color)
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
+    figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     figure.suptitle("Fashion-MNIST (stands in for the seeds' MNIST/ImageNet, not reachable here); "
                     "no retraining; 10,000 test images")
     return figure
