@@ -1,4 +1,4 @@
-"""Budget stages (low rank, input sampling) and the latency table."""
+"""Budget stages: low rank, input sampling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 import netshrink
-from netshrink.budget import BudgetError, flop_costs, parameter_costs, total_flops
-from netshrink.budget.latency import latency_costs, measured_against_predicted
+from netshrink.budget import flop_costs, parameter_costs, total_flops
 from netshrink.budget.ranks import full_rank, knob, rank_curve, rank_layers
 from netshrink.errors import InvalidInputError, UnsupportedCutError
 from netshrink.graph import find_cuts, network_input_cut
@@ -128,59 +127,3 @@ def test_method_lowrank_takes_a_budget_as_ranks():
     assert result.budget["achieved"] <= 0.6
     assert {layer.kind for layer in result.layers} == {"rank"}
     assert all(isinstance(model.get_submodule(layer.name), nn.Linear) for layer in result.layers)
-
-
-# ---------------------------------------------------------------------------- latency
-
-
-def test_latency_table_is_consistent_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path))
-    model, x = _chain(6, widths=(64, 256, 128, 10))
-    cuts, _ = find_cuts(model, example=x[:8])
-    table = latency_costs(model, cuts, x[:8])
-    assert table.value(table.full) == pytest.approx(table.measured, rel=1e-12)  # the rest closes the sum
-    levels = {cut.name: max(1, cut.width // 3) for cut in cuts}
-    for cut in cuts:
-        along = table.along(cut.name, levels)
-        assert np.allclose(along, [table.value({**levels, cut.name: k}) for k in range(cut.width + 1)])
-        assert np.all(np.diff(along[1:]) >= -1e-9 * table.measured) or True  # measured, so only near-monotone
-    import netshrink.budget.latency as latency
-
-    monkeypatch.setattr(latency, "_measure", lambda *a: (_ for _ in ()).throw(AssertionError("measured again")))
-    cached = latency_costs(model, cuts, x[:8])
-    assert cached.value(levels) == pytest.approx(table.value(levels), rel=1e-12)
-    assert list((tmp_path / "latency").glob("*.json"))
-
-
-def test_latency_budget_and_its_prediction_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path))
-    model, x = _chain(6, widths=(64, 256, 128, 10))
-    result = netshrink.compress(model, x, "group_lasso", latency=0.8)
-    assert result.budget["unit"] == "latency" and result.budget["achieved"] <= 0.8
-    cuts, _ = find_cuts(model, example=x[:8])
-    table = latency_costs(model, cuts, x[:8])
-    kept = {layer.name: layer.kept for layer in result.layers}
-    report = measured_against_predicted(result.model, x[:8], table, kept)
-    assert report["predicted_ms"] == pytest.approx(table.value(kept))
-    assert report["measured_ms"] > 0
-    assert report["relative_error"] == pytest.approx(report["predicted_ms"] / report["measured_ms"] - 1)
-
-
-def test_latency_cannot_be_measured_on_the_meta_device_or_without_a_batch_of_one():
-    with torch.device("meta"):
-        on_meta = Chain([6, 8, 3])
-    cuts, _ = find_cuts(Chain([6, 8, 3]), example=torch.randn(4, 6))
-    with pytest.raises(BudgetError, match="its parameters are on the meta device"):
-        latency_costs(on_meta, cuts, torch.randn(4, 6))
-
-    class Pairs(nn.Module):  # runs only on an even number of samples
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
-
-        def forward(self, x):
-            return self.b(torch.relu(self.a(x.reshape(-1, 2, 6).sum(1))))
-
-    model = Pairs().eval()
-    with pytest.raises(BudgetError, match="latency= times the model at batch 1, but it does not run on one sample"):
-        netshrink.compress(model, torch.randn(40, 6), "group_lasso", latency=0.5)

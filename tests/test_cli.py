@@ -163,6 +163,15 @@ def test_flops_budget_on_the_command_line(capsys):
     assert status == 0 and "the budget is 50.00%" in out
 
 
+def test_latency_budget_on_the_command_line(capsys):
+    status, out, _ = run(capsys, "compress", "lenet300", "--method", "magnitude", "--latency", "0.6",
+                         "--calibration-size", "500", "--json")
+    assert status == 0
+    budget = json.loads(out)["budget"]
+    assert budget["kind"] == "latency" and budget["achieved"] <= 0.6
+    assert budget["achieved"] == budget["rounds"][-1]["measured"] and not budget["rounds"][-1]["stand_in"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--size", "0.5", "--flops", "0.5"], "not allowed with argument"),
     (["--keep", "0.5", "--lowrank"], "lowrank=True is a stage of the global allocation"),

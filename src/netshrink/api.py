@@ -17,7 +17,8 @@ from torch import nn
 from . import batches, distributed
 from .activation_cache import CacheOptions
 from .budget import BUDGET_KINDS, Budget, take_budget
-from .budget.allocation import check_reachable
+from .budget.allocation import check_reachable, smallest_fraction
+from .budget.measured import Measured, meet_measured, measure_against_original
 from .budget import ranks
 from .budget.plan import achieved, cost_model, loss_curves, plan
 from .atomic import atomic_directory
@@ -89,9 +90,13 @@ class Compression:
             stores weights in one byte each, :mod:`netshrink.quantize`).
         budget: for a ``size``/``flops``/``latency`` budget, what was asked and reached:
             ``kind``, ``unit``, ``target``, ``achieved`` (the compressed model's fraction:
-            parameters and FLOPs counted on it, latency as the table predicts it),
-            ``predicted`` (the allocation's), ``estimated_loss`` and the ``widths`` per cut
-            (:mod:`netshrink.budget`); empty otherwise.
+            parameters and FLOPs counted on it, latency measured against the original at
+            batch 1), ``predicted`` (the allocation's), ``estimated_loss`` and the
+            ``widths`` per cut (:mod:`netshrink.budget`); for latency also
+            ``measured_ms``, ``original_ms``, ``predicted_ms`` (the table's at the kept
+            widths), ``table_error`` (the first allocation's predicted fraction over its
+            measured one, less 1) and ``rounds`` (every model built and timed,
+            :mod:`netshrink.budget.measured`); empty otherwise.
     """
 
     model: nn.Module
@@ -274,7 +279,9 @@ def compress(
             Instead of the method's own budget, every method takes a global one:
             ``size`` (fraction of the parameters), ``flops`` (fraction of the forward
             FLOPs at the first calibration batch's shape) or ``latency`` (fraction of the
-            batch-1 latency, from a per-layer table measured on this machine). One solve
+            batch-1 latency on this machine: allocated on a per-layer latency table, then
+            timed against the original and re-allocated until it is within the budget and
+            within 1% of it, at most six times). One solve
             then gives every cut its width — the least estimated loss within the budget
             (:mod:`netshrink.budget`) — and the method compresses each cut to it;
             ``output_loss`` (``"auto"``, ``"kl"``, ``"mse"``) is the loss whose increase
@@ -393,10 +400,7 @@ class _Pricing:
         self._costs = {}
 
     def plan(self, budget):
-        if budget.kind not in self._costs:
-            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example,
-                                                  lowrank=self.lowrank)
-        check_reachable(self._costs[budget.kind], budget.fraction * self._costs[budget.kind].total)
+        check_reachable(self._cost(budget), budget.fraction * self._cost(budget).total)
         if self._knobs is None:
             planner = _strategy(self.method, {**self.options, "keep": 1.0})
             planner.prepare(self.model, self.cuts)
@@ -411,8 +415,56 @@ class _Pricing:
 
     def realize(self, budget, attempt, every, skipped, coupling, layer) -> Compression:
         """Allocate ``budget``, remove the units (``attempt`` runs the method's schedule at
-        the widths), factorise the layers whose ranks pay, and report."""
-        chosen = self.plan(budget)
+        the widths), factorise the layers whose ranks pay, and report; a latency budget
+        is met as measured (:mod:`netshrink.budget.measured`)."""
+        if budget.kind != "latency":
+            chosen = self.plan(budget)
+            result, _ = self._built(chosen, budget, attempt, self.chaining, every, skipped, coupling, layer)
+            result.budget = {**chosen.report(),
+                             "achieved": achieved(budget, self.model, result.model, self.example)}
+            return result
+
+        def stand_in(chosen):
+            return self._built(chosen, budget, self._shaped, "parallel", every, skipped, coupling, layer)
+
+        chosen, (result, kept), best, rounds = meet_measured(
+            budget.fraction, smallest_fraction(self._cost(budget)), lambda aim: self.plan(Budget(budget.kind, aim)),
+            stand_in, lambda plan: self._built(plan, budget, attempt, self.chaining, every, skipped, coupling, layer),
+            lambda built: self._measured(built[0].model))
+        result.budget = {**chosen.report(), "target": budget.fraction, "achieved": best.fraction,
+                         "measured_ms": best.measured.compressed_ms, "original_ms": best.measured.original_ms,
+                         "predicted_ms": chosen.costs.value(kept),
+                         "table_error": rounds[0].predicted / rounds[0].fraction - 1,
+                         "rounds": [r.report() for r in rounds]}
+        return result
+
+    def _shaped(self, options):
+        """A model with the widths ``options["keep"]`` and none of the method's solves
+        (random units, no refit): what a latency measurement needs of a plan."""
+        shrunk = copy.deepcopy(self.model)
+        strategy = make_method("random", keep=options["keep"], refit=False)
+        strategy.prepare(self.model, self.cuts)
+        return shrunk, run_schedule(shrunk, self.cuts, self.data, strategy, chaining="parallel")
+
+    def _cost(self, budget):
+        if budget.kind not in self._costs:
+            self._costs[budget.kind] = cost_model(self.model, self.cuts, budget.kind, self.example,
+                                                  lowrank=self.lowrank)
+        return self._costs[budget.kind]
+
+    def _measured(self, compressed) -> Measured:
+        """Batch-1 latency of ``compressed`` against the original; rank 0's in a process group."""
+        ranks = distributed.current()
+        measured = measure_against_original(self.model, compressed, self.example) \
+            if ranks is None or ranks.rank == 0 else None
+        if ranks is not None:
+            with ranks.during("sharing the measured latency"):
+                measured = ranks.broadcast(measured)
+        return measured
+
+    def _built(self, chosen, budget, attempt, chaining, every, skipped, coupling, layer) -> tuple[Compression, dict]:
+        """The compression at a plan's widths (``attempt`` removes the units, ``chaining``
+        orders the factorisations), and the widths it kept (rank knobs included)."""
         widths = Widths({name: level for name, level in chosen.widths.items() if ranks.layer_of(name) is None})
         if _strategy(self.method, {**self.options, "keep": 1.0}).removes_units:
             shrunk, decisions = attempt({**self.options, "keep": widths})
@@ -423,7 +475,7 @@ class _Pricing:
                     ((ranks.layer_of(name), level) for name, level in chosen.widths.items())
                     if path is not None and ranks.pays(ranks.layer_module(shrunk, path), level,
                                                        full[ranks.knob(path)])}
-        factorised = ranks.factorise(shrunk, factored, self.data, chaining=self.chaining, progress=self.progress,
+        factorised = ranks.factorise(shrunk, factored, self.data, chaining=chaining, progress=self.progress,
                                      cache=self.cache) if factored else []
         recorded = {**self.options, budget.kind: budget.fraction,
                     **({"output_loss": self.output_loss} if self.output_loss else {}),
@@ -433,9 +485,7 @@ class _Pricing:
                               quantize=self.stages.quantize)
         kept = {**{report.name: report.kept for report in result.layers if report.kind != "rank"},
                 **{ranks.knob(report.name): report.kept for report in result.layers if report.kind == "rank"}}
-        result.budget = {**chosen.report(),
-                         "achieved": achieved(budget, self.model, shrunk, self.example, chosen.costs, kept)}
-        return result
+        return result, kept
 
 
 def _check_budgeted(method, budget, output_loss, onload) -> None:

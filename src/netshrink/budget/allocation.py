@@ -133,8 +133,7 @@ def check_reachable(cost: CostModel, budget: float, lowest: dict[str, int] | Non
     """Raise :class:`BudgetError` when even the fewest units everywhere (``lowest``, one per
     knob by default) cost more than ``budget``; the message gives the smallest reachable
     fraction."""
-    lowest = {name: 1 for name in cost.full} if lowest is None else lowest
-    smallest, total = cost.value(lowest), cost.total
+    smallest, total = smallest_fraction(cost, lowest) * cost.total, cost.total
     if smallest > budget:
         raise BudgetError(
             f"the budget is {budget / total:.4g} of the {cost.unit} ({budget:,.6g} of {total:,.6g}), but the "
@@ -142,6 +141,13 @@ def check_reachable(cost: CostModel, budget: float, lowest: dict[str, int] | Non
             f"({smallest:,.6g}): the layers outside the cuts cost that much. Ask for at least "
             f"{math.ceil(smallest / total * 1e4) / 1e4:g}"
         )
+
+
+def smallest_fraction(cost: CostModel, lowest: dict[str, int] | None = None) -> float:
+    """The fraction of the full cost left with the fewest units everywhere (``lowest``,
+    one per knob by default)."""
+    lowest = {name: 1 for name in cost.full} if lowest is None else lowest
+    return cost.value(lowest) / cost.total
 
 
 def _fill(knobs, cost: CostModel, budget: float, levels: dict[str, int], multiplier: float) -> Allocation:
