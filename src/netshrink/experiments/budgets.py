@@ -150,7 +150,7 @@ class _Net:
     cuts: list
     sample_inputs: bool
     fisher: dict | None = None
-    by_lam: dict = field(default_factory=dict)  # (weighting, λ) -> (model, params ratio, FLOPs ratio)
+    by_lam: dict = field(default_factory=dict)  # (weighting, λ) -> {"model", "size", "flops"} (ratios)
 
 
 class _Runner:
@@ -333,13 +333,12 @@ def _lam_scheme(model, data, kind: str, fraction: float, weighting: str, net: _N
     def at(lam):
         if (weighting, lam) not in net.by_lam:
             result = netshrink.compress(model, data, "group_lasso", lam=lam, weighting=weighting)
-            net.by_lam[weighting, lam] = (result.model, result.ratio,
-                                          total_flops(result.model, data[:1000]) / net.flops)
+            net.by_lam[weighting, lam] = {"model": result.model, "size": result.ratio,
+                                          "flops": total_flops(result.model, data[:1000]) / net.flops}
         return net.by_lam[weighting, lam]
 
-    measure = 1 if kind == "size" else 2
-    (best, *ratios), lam = _bisected(at, lambda found: found[measure], fraction, steps)
-    return best, {"lam": lam, "fits": ratios[measure - 1] <= fraction}
+    best, lam = _bisected(at, lambda found: found[kind], fraction, steps)
+    return best["model"], {"lam": lam, "fits": best[kind] <= fraction}
 
 
 def _bisected(compress_at, measure, fraction: float, steps: int):

@@ -353,14 +353,17 @@ def _plot_g2(path: Path, data: dict) -> None:
     _save(figure, path)
 
 
-def _plain_log_ticks(axis, values=None) -> None:
-    """Label a log axis with plain numbers (1,000 / 0.05) instead of 10^x notation."""
+def _plain_number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+
+def _plain_log_ticks(axis, values=None, text=_plain_number) -> None:
+    """Label a log axis with ``text(value)`` — plain numbers (1,000 / 0.05) by default —
+    instead of 10^x notation; with ``values``, at about five of them (the last included)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     def label(value, _position=None):
-        if value >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:g}"
+        return text(value)
 
     if values is not None:
         shown = list(values)[:: max(1, math.ceil(len(values) / 5))]
@@ -1135,8 +1138,6 @@ G8_LABELS = {"seed": f"{METHOD_CPQR} (ID), one ε for all layers, top-down (the 
 
 
 def _plot_g8(path: Path, data: dict) -> None:
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
     figure, axes = _figure(1, 2, (14, 5.6), sharey=True)
     base = 100 * data["original_accuracy"]
     for axis, key, label in ((axes[0], "fraction_params_kept", "fraction of parameters kept (log scale)"),
@@ -1152,9 +1153,7 @@ def _plot_g8(path: Path, data: dict) -> None:
         budgets = [row[key] for name in ("global", "global_stages") for row in data["curves"][name]]
         if budgets:  # the budgets' range (the seed's sweep runs on to a single neuron per layer)
             axis.set_xlim(0.6 * min(budgets), min(1.0, 2.5 * max(budgets)))
-        axis.xaxis.set_major_locator(FixedLocator([0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]))
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:g}%"))
-        axis.xaxis.set_minor_formatter(NullFormatter())
+        _plain_log_ticks(axis.xaxis, [0.02, 0.05, 0.1, 0.2, 0.5], lambda value: f"{100 * value:g}%")
         axis.set_xlabel(label)
         axis.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(f"test accuracy (%), zoomed to {ZOOM_PT:g} pt below the original")
