@@ -16,9 +16,11 @@ measurement as the judge (ZipLM measures its candidates on the target machine, t
    secant through the two tried aims nearest it (one tried aim: ``a·goal/m``,
    proportional), kept inside the bracket of aims measured too fast and too slow, and go
    to 1 (at most :data:`ROUNDS` stand-ins);
-4. compress for real at the widths of the largest stand-in within ``F`` and time that
-   model too. Timing noise can put it over ``F``: then its widths count as too slow and
-   the search goes on (up to :data:`CONFIRMATIONS` real compressions).
+4. compress for real at the widths of a stand-in within ``F`` (the largest in the lower
+   half of the window, else in the upper half, else under it) and time that model too;
+   it has the stand-in's shapes, so its fraction is the median of both timings' ratios.
+   Timing noise can still put it over ``F``: then its widths count as too slow and the
+   search goes on (up to :data:`CONFIRMATIONS` real compressions).
 
 A :class:`~netshrink.budget.allocation.BudgetError` gives the measured fraction when no
 model is measured within ``F`` (the table underestimates even the smallest model an
@@ -51,11 +53,20 @@ _TIMING_SECONDS = 1.0
 @dataclass(frozen=True)
 class Measured:
     """Batch-1 latencies (ms, medians) of the original and the compressed model, timed
-    together, and ``fraction``: the median of the ratios of neighbouring calls."""
+    together, and the ratios ``t_compressed / t_original`` of neighbouring calls."""
 
     original_ms: float
     compressed_ms: float
-    fraction: float
+    ratios: tuple[float, ...]
+
+    @property
+    def fraction(self) -> float:
+        """The median ratio: the compressed model's latency as a fraction of the original's."""
+        return float(np.median(self.ratios))
+
+    def pooled(self, earlier: Measured) -> Measured:
+        """This timing with an ``earlier`` one of a model of the same shapes: the ratios of both."""
+        return Measured(self.original_ms, self.compressed_ms, earlier.ratios + self.ratios)
 
 
 def measure_against_original(original: nn.Module, compressed: nn.Module, example, *, threads: int = 1) -> Measured:
@@ -69,7 +80,7 @@ def measure_against_original(original: nn.Module, compressed: nn.Module, example
         pairs = int(np.clip(1e3 * _TIMING_SECONDS / max(sum(first), 1e-3), 25, 1000))
         times = np.array([[latency_ms(call, repeats=1, warmup=0) for call in calls] for _ in range(pairs)])
     return Measured(float(np.median(times[:, 0])), float(np.median(times[:, 1])),
-                    float(np.median(times[:, 1] / times[:, 0])))
+                    tuple(float(r) for r in times[:, 1] / times[:, 0]))
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ class Round:
     def report(self) -> dict:
         return {"aim": self.aim, "predicted": self.predicted, "measured": self.fraction,
                 "original_ms": self.measured.original_ms, "compressed_ms": self.measured.compressed_ms,
-                "stand_in": self.stand_in}
+                "pairs": len(self.measured.ratios), "stand_in": self.stand_in}
 
 
 def meet_measured(target: float, smallest: float, plan_at: Callable[[float], object],
@@ -115,9 +126,10 @@ def meet_measured(target: float, smallest: float, plan_at: Callable[[float], obj
                 break
         key, (aim, chosen) = search.best()
         built = real(chosen)
-        found = Round(aim, chosen.allocation.cost / chosen.allocation.total, measure(built), stand_in=False)
+        found = Round(aim, chosen.allocation.cost / chosen.allocation.total,
+                      measure(built).pooled(search.timings[key]), stand_in=False)
         search.rounds.append(found)
-        search.worst[key] = max(search.worst[key], found.fraction)
+        search.timings[key] = found.measured
         if found.fraction <= target:
             return chosen, built, found, search.rounds
         del built
@@ -130,13 +142,13 @@ def meet_measured(target: float, smallest: float, plan_at: Callable[[float], obj
 
 
 class _Search:
-    """The aims tried, the widths they allocated and the worst measurement of each."""
+    """The aims tried, the widths they allocated and the timings of each widths."""
 
     def __init__(self, target: float, smallest: float, plan_at):
         self.target, self.smallest, self.plan_at = target, smallest, plan_at
         self.rounds: list[Round] = []
         self.plans: dict[tuple, tuple[float, object]] = {}  # widths -> (aim, plan)
-        self.worst: dict[tuple, float] = {}  # widths -> largest fraction measured
+        self.timings: dict[tuple, Measured] = {}  # widths -> every timing of models of those widths
         self.stand_ins = 0
         aim = max(target, smallest * (1 + 1e-12))  # the table may overestimate: measure before refusing
         self.next = (aim, plan_at(aim))
@@ -148,15 +160,22 @@ class _Search:
         found = Round(aim, chosen.allocation.cost / chosen.allocation.total, measured, stand_in)
         self.rounds.append(found)
         self.plans[key] = (aim, chosen)
-        self.worst[key] = max(self.worst.get(key, 0.0), found.fraction)
+        self.timings[key] = measured
         self.stand_ins += stand_in
         if (1 - TOLERANCE) * self.target <= found.fraction <= self.target:
             return True
         self.aim_again()
         return False
 
+    def fraction(self, key: tuple) -> float:
+        return self.timings[key].fraction
+
     def best(self) -> tuple[tuple, tuple[float, object]]:
-        within = [key for key, fraction in self.worst.items() if fraction <= self.target]
+        """The widths to compress for real: measured within the target, in the lower half
+        of the window first (a real model of the same shapes, timed again, then most
+        likely stays within), the upper half next, under the window last; the largest of
+        the first of these that has any."""
+        within = [key for key in self.timings if self.fraction(key) <= self.target]
         if not within:
             least = min(self.rounds, key=lambda r: r.fraction)
             raise BudgetError(
@@ -166,7 +185,9 @@ class _Search:
                 f"(embeddings, norms, per-call overhead) takes the rest. Ask for at least {least.fraction:.3g}, "
                 "or give size= or flops="
             )
-        key = max(within, key=self.worst.get)
+        low, goal = (1 - TOLERANCE) * self.target, (1 - TOLERANCE / 2) * self.target
+        key = max(within, key=lambda key: (low <= self.fraction(key) <= goal, self.fraction(key) >= low,
+                                           self.fraction(key)))
         return key, self.plans[key]
 
     def aim_again(self) -> None:
@@ -177,9 +198,8 @@ class _Search:
         largest aim measured too fast and the smallest measured too slow, else the middle
         of that bracket; an aim that allocates widths already measured moves halfway to
         the bracket's side its measurement points to."""
-        slow = [self.plans[key][0] for key, fraction in self.worst.items() if fraction > self.target]
-        fast = [self.plans[key][0] for key, fraction in self.worst.items()
-                if fraction < (1 - TOLERANCE) * self.target]
+        slow = [self.plans[key][0] for key in self.timings if self.fraction(key) > self.target]
+        fast = [self.plans[key][0] for key in self.timings if self.fraction(key) < (1 - TOLERANCE) * self.target]
         low, high = max(fast, default=self.smallest), min(slow, default=1.0)
         aim = _secant_aim(self.rounds, self.target * (1 - TOLERANCE / 2))
         if not low < aim < high:
@@ -189,10 +209,10 @@ class _Search:
             aim = float(np.clip(aim, self.smallest, 1.0))
             chosen = self.plan_at(aim)
             key = _widths(chosen)
-            if key not in self.worst:
+            if key not in self.timings:
                 self.next = (aim, chosen)
                 return
-            aim = (aim + low) / 2 if self.worst[key] > self.target else (aim + high) / 2
+            aim = (aim + low) / 2 if self.fraction(key) > self.target else (aim + high) / 2
 
 
 def _widths(plan) -> tuple:
