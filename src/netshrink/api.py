@@ -281,7 +281,7 @@ def compress(
             FLOPs at the first calibration batch's shape) or ``latency`` (fraction of the
             batch-1 latency on this machine: allocated on a per-layer latency table, then
             timed against the original and re-allocated until it is within the budget and
-            within 1% of it, at most six times). One solve
+            within 1% of it, :mod:`netshrink.budget.measured`). One solve
             then gives every cut its width — the least estimated loss within the budget
             (:mod:`netshrink.budget`) — and the method compresses each cut to it;
             ``output_loss`` (``"auto"``, ``"kl"``, ``"mse"``) is the loss whose increase
@@ -421,7 +421,7 @@ class _Pricing:
             chosen = self.plan(budget)
             result, _ = self._built(chosen, budget, attempt, self.chaining, every, skipped, coupling, layer)
             result.budget = {**chosen.report(),
-                             "achieved": achieved(budget, self.model, result.model, self.example)}
+                             "achieved": achieved(budget, self.model, result.model, self.example, chosen.costs)}
             return result
 
         def stand_in(chosen):

@@ -90,12 +90,9 @@ class _Table:
         if self.rank is None:
             return dense
         name, full, d, out, inputs, outputs = self.rank
-        rank = levels[name]
         f_in = 1.0 if inputs is None else levels[inputs[0]] / inputs[1]
         f_out = 1.0 if outputs is None else levels[outputs[0]] / outputs[1]
-        if rank >= full or dense == 0:
-            return dense
-        return min(dense, dense * rank * (d * f_in + out * f_out) / (d * out * f_in * f_out))
+        return float(_factorised(dense, levels[name], full, d, out, f_in, f_out))
 
     def along(self, name: str, levels: Mapping[str, int], full: int) -> np.ndarray:
         """The table at every level ``0..full`` of knob ``name`` (the others at ``levels``):
@@ -115,11 +112,18 @@ class _Table:
         def fraction(cut):
             return 1.0 if cut is None else (level / full if cut[0] == name else levels[cut[0]] / cut[1])
 
-        rank = level if knob == name else np.full(full + 1, float(levels[knob]))
-        f_in, f_out = fraction(inputs), fraction(outputs)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factorised = np.minimum(dense, dense * rank * (d * f_in + out * f_out) / (d * out * f_in * f_out))
-        return np.where((rank >= rank_full) | (dense == 0), dense, factorised)
+        rank = level if knob == name else levels[knob]
+        return _factorised(dense, rank, rank_full, d, out, fraction(inputs), fraction(outputs))
+
+
+def _factorised(dense, rank, full: int, d: int, out: int, f_in, f_out):
+    """A factorisable layer's time at ``rank`` (scalars or arrays alike): the dense time
+    scaled by the products the factors keep, ``r·(d·f_in + out·f_out) / (d·out·f_in·f_out)``,
+    never above the dense time; the dense time at full rank or at a zero width."""
+    dense, rank, f_in, f_out = (np.asarray(value, dtype=np.float64) for value in (dense, rank, f_in, f_out))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factorised = np.minimum(dense, dense * rank * (d * f_in + out * f_out) / (d * out * f_in * f_out))
+    return np.where((rank >= full) | (dense == 0), dense, factorised)
 
 
 def _interpolate(values: np.ndarray, fraction: float) -> np.ndarray:

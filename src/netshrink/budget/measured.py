@@ -135,7 +135,7 @@ def meet_measured(target: float, smallest: float, plan_at: Callable[[float], obj
         del built
         search.aim_again()
         limit = search.stand_ins + 3
-    search.best()  # raises: nothing is left within the target
+    search.best()  # raises when no widths are left measured within the target
     raise BudgetError(f"latency={target:g}: {CONFIRMATIONS} real compressions at the widths of stand-ins within the "
                       "budget all measured over it; the machine's timing is too noisy for this budget. Measure on "
                       "a quieter machine or ask for a slightly larger latency")
@@ -146,6 +146,7 @@ class _Search:
 
     def __init__(self, target: float, smallest: float, plan_at):
         self.target, self.smallest, self.plan_at = target, smallest, plan_at
+        self.low, self.goal = (1 - TOLERANCE) * target, (1 - TOLERANCE / 2) * target  # the window's floor, middle
         self.rounds: list[Round] = []
         self.plans: dict[tuple, tuple[float, object]] = {}  # widths -> (aim, plan)
         self.timings: dict[tuple, Measured] = {}  # widths -> every timing of models of those widths
@@ -162,7 +163,7 @@ class _Search:
         self.plans[key] = (aim, chosen)
         self.timings[key] = measured
         self.stand_ins += stand_in
-        if (1 - TOLERANCE) * self.target <= found.fraction <= self.target:
+        if self.low <= found.fraction <= self.target:
             return True
         self.aim_again()
         return False
@@ -185,9 +186,8 @@ class _Search:
                 f"(embeddings, norms, per-call overhead) takes the rest. Ask for at least {least.fraction:.3g}, "
                 "or give size= or flops="
             )
-        low, goal = (1 - TOLERANCE) * self.target, (1 - TOLERANCE / 2) * self.target
-        key = max(within, key=lambda key: (low <= self.fraction(key) <= goal, self.fraction(key) >= low,
-                                           self.fraction(key)))
+        key = max(within, key=lambda key: (self.low <= self.fraction(key) <= self.goal,
+                                           self.fraction(key) >= self.low, self.fraction(key)))
         return key, self.plans[key]
 
     def aim_again(self) -> None:
@@ -199,9 +199,9 @@ class _Search:
         of that bracket; an aim that allocates widths already measured moves halfway to
         the bracket's side its measurement points to."""
         slow = [self.plans[key][0] for key in self.timings if self.fraction(key) > self.target]
-        fast = [self.plans[key][0] for key in self.timings if self.fraction(key) < (1 - TOLERANCE) * self.target]
+        fast = [self.plans[key][0] for key in self.timings if self.fraction(key) < self.low]
         low, high = max(fast, default=self.smallest), min(slow, default=1.0)
-        aim = _secant_aim(self.rounds, self.target * (1 - TOLERANCE / 2))
+        aim = _secant_aim(self.rounds, self.goal)
         if not low < aim < high:
             aim = (low + high) / 2
         self.next = None

@@ -209,11 +209,12 @@ def cost_model(model: nn.Module, cuts: Sequence[Cut], kind: str, example, *, low
     return latency_costs(model, cuts, example, layers)
 
 
-def achieved(budget: Budget, original: nn.Module, compressed: nn.Module, example) -> float:
-    """The fraction of the original's parameters (``size``) or FLOPs (``flops``) the
-    compressed model has, counted on it (latency is measured: :mod:`.measured`)."""
+def achieved(budget: Budget, original: nn.Module, compressed: nn.Module, example, costs: CostModel) -> float:
+    """The fraction of the original's parameters (``size``) or FLOPs (``flops``, of the
+    original's as ``costs`` counted them) the compressed model has, counted on it
+    (latency is measured: :mod:`.measured`)."""
     if budget.kind == "size":
         return sum(p.numel() for p in compressed.parameters()) / sum(p.numel() for p in original.parameters())
     from .flops import total_flops
 
-    return total_flops(compressed, example) / total_flops(original, example)
+    return total_flops(compressed, example) / costs.total
