@@ -299,7 +299,7 @@ def test_budgets_are_never_exceeded_and_nearly_spent(kind, case):
                                               "llama": "llama"}[case])
     cuts, _ = find_cuts(model, example=example)
     costs = parameter_costs(model, cuts) if kind == "size" else flop_costs(model, cuts, example)
-    for method in ("group_lasso", "magnitude"):
+    for method in ("group_lasso", "magnitude", "obs"):
         for fraction in (0.35, 0.7):
             try:
                 result = netshrink.compress(model, calibration, method, **{kind: fraction})
@@ -351,7 +351,7 @@ def test_budget_errors_of_the_method_and_the_model():
 
 @pytest.mark.parametrize("method, options", [
     ("interpolative", {}), ("random", {}), ("magnitude", {"refit": True}), ("magnitude", {}),
-    ("multitask_lasso", {"layer": "last"}), ("lowrank", {}),
+    ("multitask_lasso", {"layer": "last"}), ("lowrank", {}), ("obs", {}), ("obs", {"damping": 0}),
 ])
 def test_every_method_takes_a_budget(method, options):
     model, calibration = _random_chain(4)

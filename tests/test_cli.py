@@ -172,6 +172,15 @@ def test_latency_budget_on_the_command_line(capsys):
     assert budget["achieved"] == budget["rounds"][-1]["measured"] and not budget["rounds"][-1]["stand_in"]
 
 
+def test_obs_under_a_flops_budget_on_the_command_line(capsys):
+    status, out, _ = run(capsys, "compress", "lenet300", "--method", "obs", "--flops", "0.3", "--damping", "0.001",
+                         "--calibration-size", "500", "--json")
+    assert status == 0
+    report = json.loads(out)
+    assert report["budget"]["kind"] == "flops" and report["budget"]["achieved"] <= 0.3
+    assert report["options"]["damping"] == 0.001
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--size", "0.5", "--flops", "0.5"], "not allowed with argument"),
     (["--keep", "0.5", "--lowrank"], "lowrank=True is a stage of the global allocation"),

@@ -335,12 +335,14 @@ def compress(
     if stages.sample_inputs:
         cuts = [network_input_cut(model, example), *cuts]
 
-    def attempt(method_options, folder=None):
+    def attempt(method_options, folder=None, sensitivities=None):
         shrunk = copy.deepcopy(model)
         strategy = _strategy(method, method_options)
         if chaining != "parallel":  # in a process group rank 0 decides (parallel: the ranks share the cuts)
             strategy = distributed.decided_once(strategy)
         strategy.prepare(model, cuts)
+        if sensitivities is not None:
+            strategy.weigh(sensitivities)
         residency = None if folder is None else functools.partial(Residency, onload, Path(folder))
         return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress,
                                     cache=cache, onload=residency)
@@ -396,7 +398,7 @@ class _Pricing:
         self.model, self.cuts, self.data, self.method = model, cuts, data, method
         self.options, self.example, self.output_loss, self.progress = options, example, output_loss, progress
         self.stages, self.chaining, self.cache = stages, chaining, cache
-        self._knobs = None
+        self._knobs = self._sensitivities = None
         self._costs = {}
 
     def plan(self, budget):
@@ -404,9 +406,9 @@ class _Pricing:
         if self._knobs is None:
             planner = _strategy(self.method, {**self.options, "keep": 1.0})
             planner.prepare(self.model, self.cuts)
-            self._knobs = loss_curves(self.model, self.cuts, self.data, planner,
-                                      output_loss=self.output_loss or "auto", lowrank=self.lowrank,
-                                      progress=self.progress)
+            self._knobs, self._sensitivities = loss_curves(
+                self.model, self.cuts, self.data, planner, output_loss=self.output_loss or "auto",
+                lowrank=self.lowrank, progress=self.progress)
         return plan(self._knobs, self._costs[budget.kind], budget)
 
     @property
@@ -438,9 +440,10 @@ class _Pricing:
                          "rounds": [r.report() for r in rounds]}
         return result
 
-    def _shaped(self, options):
+    def _shaped(self, options, sensitivities=None):
         """A model with the widths ``options["keep"]`` and none of the method's solves
-        (random units, no refit): what a latency measurement needs of a plan."""
+        (random units, no refit, so no ``sensitivities`` to weigh them by): what a latency
+        measurement needs of a plan."""
         shrunk = copy.deepcopy(self.model)
         strategy = make_method("random", keep=options["keep"], refit=False)
         strategy.prepare(self.model, self.cuts)
@@ -467,7 +470,7 @@ class _Pricing:
         orders the factorisations), and the widths it kept (rank knobs included)."""
         widths = Widths({name: level for name, level in chosen.widths.items() if ranks.layer_of(name) is None})
         if _strategy(self.method, {**self.options, "keep": 1.0}).removes_units:
-            shrunk, decisions = attempt({**self.options, "keep": widths})
+            shrunk, decisions = attempt({**self.options, "keep": widths}, sensitivities=self._sensitivities)
         else:
             shrunk, decisions = copy.deepcopy(self.model), []
         full = chosen.costs.full
@@ -623,11 +626,13 @@ def sweep(
         name, value = checked[index]
         chosen = _budget_cuts(cuts, value if name == "keep" else None, layers, layer)
 
-        def attempt(method_options, chosen=chosen):
+        def attempt(method_options, chosen=chosen, sensitivities=None):
             strategy = _strategy(method, method_options)
             if warm is not None and hasattr(strategy, "warm_starts"):
                 strategy.warm_starts = warm
             strategy.prepare(model, chosen)
+            if sensitivities is not None:
+                strategy.weigh(sensitivities)
             return shared.compress(chosen, strategy)
 
         if name in BUDGET_KINDS:

@@ -33,10 +33,8 @@ import numpy as np
 import torch
 
 from ..layers import columns_of
+from ..linalg.lstsq import ridged_cholesky
 from ..methods.regression import Regression
-
-_RIDGE = 1e-13
-
 
 def refit_curve(problems: list[Regression], order: torch.Tensor,
                 sensitivities: list[torch.Tensor]) -> np.ndarray:
@@ -51,7 +49,7 @@ def refit_curve(problems: list[Regression], order: torch.Tensor,
     total = 0.0
     for problem, weight in zip(problems, sensitivities):
         columns = columns_of(order.to(problem.gram.device), problem.group)
-        factor = _cholesky(problem.gram[columns][:, columns])
+        factor = ridged_cholesky(problem.gram[columns][:, columns])
         coefficients = torch.linalg.solve_triangular(factor, problem.cross[columns], upper=False)
         rows = (_weighted(coefficients, weight) * coefficients).sum(dim=1)  # Y_i G Y_iᵀ
         per_unit = rows.reshape(width, problem.group).sum(dim=1).cpu()
@@ -64,20 +62,6 @@ def _weighted(rows: torch.Tensor, sensitivity: torch.Tensor) -> torch.Tensor:
     """``rows · G`` for ``rows: (n, out)`` and ``G`` a matrix or its diagonal."""
     sensitivity = sensitivity.to(rows)
     return rows @ sensitivity if sensitivity.ndim == 2 else rows * sensitivity
-
-
-def _cholesky(gram: torch.Tensor) -> torch.Tensor:
-    """The Cholesky factor of ``gram`` plus the smallest ridge (from 1e-13 of its mean
-    diagonal, ×100 at a time) that makes it positive definite in floating point."""
-    scale = float(torch.diagonal(gram).mean().clamp(min=torch.finfo(torch.float64).tiny))
-    ridge = _RIDGE * scale
-    while True:
-        shifted = gram.clone()
-        shifted.diagonal().add_(ridge)
-        factor, info = torch.linalg.cholesky_ex(shifted)
-        if int(info) == 0:
-            return factor
-        ridge *= 100
 
 
 def truncation_curve(problems: list[Regression], order: torch.Tensor,

@@ -138,10 +138,13 @@ class _Statistics:
 
 
 def loss_curves(model: nn.Module, cuts: Sequence[Cut], data: Calibration, method: Method, *,
-                output_loss: str = "auto", lowrank: bool = False, progress: bool = False) -> list[Knob]:
+                output_loss: str = "auto", lowrank: bool = False,
+                progress: bool = False) -> tuple[list[Knob], dict[str, torch.Tensor]]:
     """One knob per cut: the estimated loss at each width of the method's ranking (steps
     1–3 of the module doc); with ``lowrank``, also one per layer the cuts shrink: the
-    loss at each rank (:mod:`.ranks`). ``method`` must have been prepared with ``cuts``."""
+    loss at each rank (:mod:`.ranks`). ``method`` must have been prepared with ``cuts``;
+    it is handed the output sensitivities (:meth:`~netshrink.methods.Method.weigh`)
+    before it ranks, and they are returned beside the knobs (by layer path)."""
 
     def both(cut: Cut, consumers: list[nn.Module]) -> _Statistics:
         own = method.statistic(cut, consumers)
@@ -152,6 +155,7 @@ def loss_curves(model: nn.Module, cuts: Sequence[Cut], data: Calibration, method
     layers = ranks.rank_layers(model, cuts) if lowrank else []
     paths = [*(path for cut in cuts for path in cut.consumers if method.removes_units), *layers]
     sensitivities = output_sensitivities(model, paths, data, output_loss=output_loss)
+    method.weigh(sensitivities)
     modules = dict(model.named_modules())
     knobs = []
     for cut in _steps(cuts if method.removes_units else [], "loss curves", progress):
@@ -173,7 +177,7 @@ def loss_curves(model: nn.Module, cuts: Sequence[Cut], data: Calibration, method
             frame = frames[path]
             (problem,) = regressions(frame, grams.pop(frame.name), [modules[frame.consumers[0]]])
             knobs.append(Knob(ranks.knob(path), ranks.rank_curve(problem, sensitivities[path]), minimum=1))
-    return knobs
+    return knobs, sensitivities
 
 
 def _steps(items, what: str, progress: bool):

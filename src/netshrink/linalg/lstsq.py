@@ -16,7 +16,7 @@ import torch
 from ..errors import InvalidInputError
 from .blocks import all_finite, submatrix
 
-__all__ = ["lstsq_from_gram", "lstsq_from_gram_block"]
+__all__ = ["lstsq_from_gram", "lstsq_from_gram_block", "ridged_cholesky"]
 
 #: Cholesky pivots below ``sqrt(_PIVOT_FLOOR · max diag)`` mean a numerically singular block.
 _PIVOT_FLOOR = 1e-13
@@ -91,6 +91,20 @@ def lstsq_from_gram_block(gram: torch.Tensor, rhs: torch.Tensor, columns: torch.
             f"rhs must be (|S|, out) with |S| = {columns.numel()} rows, one per column, got {tuple(rhs.shape)}"
         )
     return _solve(gram, rhs, columns)
+
+
+def ridged_cholesky(gram: torch.Tensor, ridge: float = 1e-13) -> torch.Tensor:
+    """The Cholesky factor of ``gram`` plus the smallest ridge (from ``ridge`` times its
+    mean diagonal, ×100 at a time) that makes it positive definite in floating point."""
+    scale = float(torch.diagonal(gram).mean().clamp(min=torch.finfo(torch.float64).tiny))
+    shift = ridge * scale
+    while True:
+        shifted = gram.clone()
+        shifted.diagonal().add_(shift)
+        factor, info = torch.linalg.cholesky_ex(shifted)
+        if int(info) == 0:
+            return factor
+        shift *= 100
 
 
 def _checked_gram(gram) -> torch.Tensor:

@@ -67,6 +67,12 @@ class Method(Protocol):
         any is observed (e.g. to price the cuts against each other); most methods need
         nothing here."""
 
+    def weigh(self, sensitivities: Mapping[str, torch.Tensor]) -> None:
+        """The output sensitivity ``G`` of every consumer output (by consumer path) that a
+        budget's allocation measured (:mod:`netshrink.budget.sensitivity`), before any cut
+        is ranked or decided. A method that chooses units by the estimated loss keeps them
+        (``obs``); the others choose by their own objective and ignore them."""
+
     def statistic(self, cut: Cut, consumers: list[nn.Module]) -> object:
         """A fresh accumulator with ``update(index, current, original)`` for this cut."""
 
