@@ -36,7 +36,7 @@ def test_every_scheme_meets_every_budget(quick_run, record_property):
     for row in rows:
         measure = row["params_ratio"] if row["kind"] == "size" else row["flops_ratio"]
         assert measure <= row["target"] + 1e-12, row["scheme"]  # no scheme gets more than the budget
-        if row["scheme"] in ("global", "global_units", "kwon", "flap"):
+        if row["scheme"] in (*budgets.GLOBAL, "kwon", "flap"):
             assert measure >= 0.99 * row["target"], row["scheme"]  # the allocations spend it
         assert math.isfinite(row["drop_pt"]) and 0 < row["accuracy"] <= 1
     for network in budgets.QUICK.budgets:

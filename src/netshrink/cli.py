@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="group_lasso with --lam: scale each layer's fraction by the parameters "
                         "its units cost (parameters, the default) or not (uniform)")
     tuning.add_argument("--damping", type=float, help="obs: ridge of the selection as a fraction of the Gram's "
-                        "mean diagonal (default 0.01)")
+                        "mean diagonal (default 0.001)")
     tuning.add_argument("--layer", help="compress only the inputs of this nn.Linear: first, pen, last "
                         "(among the Linear layers in execution order) or a module path")
     tuning.add_argument("--mu", type=float, help="multitask_lasso with --solver prox_adam: Adam learning rate")

@@ -11,7 +11,7 @@ Options:
 
 - ``keep``: the fraction of units kept per cut, one fraction per cut kind, or under a
   ``size``/``flops``/``latency`` budget the allocated count per cut.
-- ``damping``: the relative ridge ``δ`` of the selection (default 0.01, module doc of
+- ``damping``: the relative ridge ``δ`` of the selection (default 10⁻³, module doc of
   :mod:`netshrink.linalg.elimination`); the refit itself is undamped.
 
 The error it removes units by is ``E‖r‖²_G`` on every consumer output. With ``keep``
