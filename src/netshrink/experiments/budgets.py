@@ -1,7 +1,7 @@
 """Budgets on real networks: the global allocation against the allocations it replaces.
 
 ``netshrink reproduce budgets [--quick] [--out DIR]`` calls :func:`run`, which writes one
-folder, atomically::
+folder, atomically (``run(out, settings=GOALS)``: the goals' budgets alone)::
 
     NETWORK.png/.json  accuracy against parameters (and FLOPs) for every scheme
     rows.json          every compressed model: scheme, budget, parameters, FLOPs, accuracy
@@ -52,7 +52,7 @@ import torch
 from netshrink.experiments.runtime import (Journal, Log, output_folder, paired_se_pt, source_digest, torch_threads,
                                           versions, write_json)
 
-__all__ = ["run", "Settings", "FULL", "QUICK", "SCHEMES"]
+__all__ = ["run", "Settings", "FULL", "GOALS", "QUICK", "SCHEMES"]
 
 SCHEMES = {
     "global": "netshrink global allocation + low rank (+ input sampling)",
@@ -72,7 +72,7 @@ STYLES = {"global": ("C0", "o", "-"), "global_units": ("C9", "D", "-"), "obs": (
 #: netshrink's own schemes: the method each one allocates a budget for.
 GLOBAL = {"global": "group_lasso", "global_units": "group_lasso", "obs": "obs", "obs_units": "obs"}
 #: Quality goals: (network, budget kind, largest fraction, largest accuracy drop in points).
-GOALS = (("lenet300", "size", 0.30, 0.3), ("lenet5", "size", 0.20, 0.5), ("mlp7", "size", 0.04, 0.5),
+QUALITY_GOALS = (("lenet300", "size", 0.30, 0.3), ("lenet5", "size", 0.20, 0.5), ("mlp7", "size", 0.04, 0.5),
          ("vgg-fmnist", "size", 0.30, 0.5), ("vgg-fmnist", "flops", 0.40, 0.5))
 INT8_GOAL = ("mlp7", 0.02, 0.5)  # bytes fraction, drop
 MINILM_GOAL = 0.98
@@ -102,13 +102,21 @@ FULL = Settings(
     minilm=True,
     minilm_texts=(500, 300),
 )
+#: The goals' budgets alone, every scheme, no MiniLM: ``run(out, settings=GOALS)``.
+GOALS = Settings(budgets={"lenet300": (("size", 0.3),), "lenet5": (("size", 0.2),), "mlp7": (("size", 0.04),),
+                          "vgg-fmnist": (("size", 0.3), ("flops", 0.4))},
+                 int8={"mlp7": (0.06,)})
 QUICK = Settings(budgets={"lenet300": (("size", 0.25), ("size", 0.35))}, int8={"lenet300": (0.3,)},
                  latency={"lenet300": (0.8,)}, bisection_steps=5)
 
 
-def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool = False) -> str:
-    """Compare the schemes into the folder ``out``; return summary.md (module doc)."""
-    settings = QUICK if quick else FULL
+def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool = False,
+        settings: Settings | None = None) -> str:
+    """Compare the schemes into the folder ``out``; return summary.md (module doc).
+    ``settings`` replaces :data:`FULL`/:data:`QUICK` (e.g. :data:`GOALS`)."""
+    settings = settings or (QUICK if quick else FULL)
+    mode = next((name for name, known in (("quick", QUICK), ("full", FULL), ("goals", GOALS)) if settings is known),
+                "custom")
     log = Log("budgets", progress)
     started = time.perf_counter()
     with output_folder(out, overwrite) as folder, torch_threads(THREADS):
@@ -131,9 +139,9 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
         if minilm is not None:
             write_json(folder / "minilm.json", minilm)
         seconds = time.perf_counter() - started
-        text = _summary(settings, quick, runner, rows, int8, latency, minilm, seconds)
+        text = _summary(settings, mode, runner, rows, int8, latency, minilm, seconds)
         (folder / "summary.md").write_text(text, encoding="utf-8")
-        write_json(folder / "run.json", {"mode": "quick" if quick else "full", "settings": asdict(settings),
+        write_json(folder / "run.json", {"mode": mode, "settings": asdict(settings),
                                          "seconds": seconds, "versions": versions(),
                                          "python": platform.python_version(), "cpu_count": os.cpu_count(),
                                          "torch_threads": THREADS})
@@ -498,15 +506,15 @@ def _best_within(rows: list[dict], kind: str, drop: float) -> dict | None:
     return min(fitting, key=lambda r: (r["params_ratio"] if kind == "size" else r["flops_ratio"]), default=None)
 
 
-def _summary(settings, quick, runner, rows, int8, latency, minilm, seconds) -> str:
+def _summary(settings, mode, runner, rows, int8, latency, minilm, seconds) -> str:
     lines = ["# Budgets: the global allocation against the schemes it replaces", "",
-             f"{'Quick' if quick else 'Full'} run, {seconds / 60:.1f} minutes, {THREADS} torch threads. "
+             f"{mode.capitalize()} run, {seconds / 60:.1f} minutes, {THREADS} torch threads. "
              f"Fashion-MNIST stands in for MNIST and ImageNet (not reachable here); calibration "
              f"{settings.calibration:,} training images, accuracy on the 10,000 test images, no retraining. "
              "Every scheme gets the same budget on the same model and data.", "",
              "## Quality goals", "",
              "| goal | netshrink's best | every scheme (smallest fraction within the drop) |", "|---|---|---|"]
-    for network, kind, fraction, drop in GOALS:
+    for network, kind, fraction, drop in QUALITY_GOALS:
         mine = [r for r in rows if r["network"] == network and not r["extra"]]
         if not mine:
             continue
