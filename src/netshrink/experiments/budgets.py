@@ -128,7 +128,7 @@ def run(out: Path, quick: bool = False, overwrite: bool = False, progress: bool 
             rows += runner.network(network, budgets)
             data = _figure_data(network, [r for r in rows if r["network"] == network], runner.net(network))
             write_json(folder / f"{network}.json", data)
-            _draw(data).savefig(folder / f"{network}.png", dpi=110)
+            _draw(data).savefig(folder / f"{network}.png", dpi=110, bbox_inches="tight")
         write_json(folder / "rows.json", {"rows": [_public(r) for r in rows]})
         int8 = [row for network, fractions in settings.int8.items() for row in runner.int8(network, fractions)]
         write_json(folder / "int8.json", {"rows": int8})
