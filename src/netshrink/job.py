@@ -61,8 +61,8 @@ def run(args, progress: bool) -> tuple[dict | None, Compression]:
     options = {"tol": args.tol, "keep": args.keep, "lam": args.lam, "size": args.size, "flops": args.flops,
                "latency": args.latency, "debias": args.debias, "solver": args.solver, "refit": args.refit,
                "mu": args.mu, "max_seconds": args.max_seconds, "warm_start": args.warm_start,
-               "weighting": args.weighting, "damping": args.damping, "lowrank": args.lowrank, "sample_inputs": args.sample_inputs,
-               "quantize": args.quantize, "output_loss": args.output_loss}
+               "weighting": args.weighting, "damping": args.damping, "lowrank": args.lowrank,
+               "sample_inputs": args.sample_inputs, "quantize": args.quantize, "output_loss": args.output_loss}
     options = {key: value for key, value in options.items() if value is not None}
     layers = None
     if args.only:

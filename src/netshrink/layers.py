@@ -169,12 +169,6 @@ def _conv_output_size(module: nn.Conv2d, size) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def columns_of(units: torch.Tensor, s: int) -> torch.Tensor:
-    """Input-column indices ``(k·s,)`` owned by the ``units`` ``(k,)``, in order."""
-    offsets = torch.arange(s, device=units.device)
-    return (units.unsqueeze(1) * s + offsets).reshape(-1)
-
-
 def with_input_weights(module: nn.Module, matrix: torch.Tensor, units: int) -> nn.Module:
     """A copy of ``module`` reading ``units`` input units, with weights ``matrix: (out, units·s)``.
 

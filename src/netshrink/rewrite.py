@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layers import columns_of, in_units, is_linear, keep_channels, keep_outputs, out_units, with_input_weights
+from .layers import in_units, is_linear, keep_channels, keep_outputs, out_units, with_input_weights
+from .linalg.blocks import columns_of
 from .modules import LowRank, Sampled
 
 

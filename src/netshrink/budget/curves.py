@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..layers import columns_of
+from ..linalg.blocks import columns_of
 from ..linalg.lstsq import ridged_cholesky
 from ..methods.regression import Regression
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from netshrink.budget import Knob, allocate
 from netshrink.graph import Cut
-from netshrink.layers import columns_of
+from netshrink.linalg.blocks import columns_of
 from netshrink.methods import Decision, Method
 from netshrink.methods.base import Widths, check_keep, units_to_keep
 from netshrink.methods.regression import regressions, relative_error

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 import torch
 
 __all__ = [
-    "CHUNK_ELEMENTS", "row_spans", "all_finite", "max_asymmetry", "contiguous_range", "submatrix", "principal_view",
-    "principal_block", "rows_product", "block_product", "inner", "column_sums",
+    "CHUNK_ELEMENTS", "columns_of", "row_spans", "all_finite", "max_asymmetry", "contiguous_range", "submatrix",
+    "principal_view", "principal_block", "rows_product", "block_product", "inner", "column_sums",
     "symmetrize_",
 ]
 
@@ -33,6 +33,12 @@ CHUNK_ELEMENTS = 1 << 23
 #: a working block of at most this fraction of the matrix's elements is gathered (copied);
 #: a larger one is made a view by reordering the matrix in place
 _GATHER_FRACTION = 1 / 16
+
+
+def columns_of(units: torch.Tensor, s: int) -> torch.Tensor:
+    """Input-column indices ``(k·s,)`` owned by the ``units`` ``(k,)``, in order."""
+    offsets = torch.arange(s, device=units.device)
+    return (units.unsqueeze(1) * s + offsets).reshape(-1)
 
 
 def row_spans(count: int, width: int) -> Iterator[tuple[int, int]]:

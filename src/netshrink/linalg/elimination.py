@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .blocks import columns_of
 from .lstsq import ridged_cholesky
 
 #: Relative damping of the Gram diagonal during the selection (module doc).
@@ -122,7 +123,7 @@ class _State:
     def eliminate(self, units: torch.Tensor) -> None:
         """Downdate to the refit without ``units`` (stored indices); their rows and
         columns are left as an identity block (a rise of 0, masked by the caller)."""
-        columns = self._columns(units)
+        columns = columns_of(units, self.s)
         rows = self.inverse[columns, :].clone()  # P_R:
         gain = torch.linalg.solve(rows[:, columns], rows).T  # K = P_:R P_RR⁻¹, (d, |R|·s)
         self.coefficients -= gain @ self.coefficients[columns]
@@ -135,10 +136,7 @@ class _State:
         self.weighted[columns] = 0
 
     def select(self, units: torch.Tensor) -> None:
-        columns = self._columns(units)
+        columns = columns_of(units, self.s)
         self.inverse = self.inverse[columns][:, columns]
         self.coefficients = self.coefficients[columns]
         self.weighted = self.weighted[columns]
-
-    def _columns(self, units: torch.Tensor) -> torch.Tensor:
-        return (units.unsqueeze(1) * self.s + torch.arange(self.s, device=units.device)).reshape(-1)

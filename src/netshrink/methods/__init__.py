@@ -12,7 +12,8 @@ from .interpolative import Interpolative
 from .multitask_lasso import MultitaskLasso
 from .obs import StructuredOBS
 
-METHODS = {cls.name: cls for cls in (Interpolative, GroupLasso, MultitaskLasso, StructuredOBS, Magnitude, Random, LowRank)}
+METHODS = {cls.name: cls
+           for cls in (Interpolative, GroupLasso, MultitaskLasso, StructuredOBS, Magnitude, Random, LowRank)}
 
 
 def make_method(name: str, **options) -> Method:

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
-from ..layers import columns_of, weight_matrix
-from ..linalg.blocks import row_spans
+from ..layers import weight_matrix
+from ..linalg.blocks import columns_of, row_spans
 from ..observe import GramStatistic
 from .base import Decision, Method, Widths, check_keep, count_from_fraction, units_to_keep
 from .regression import bias_shifts, refit, regressions, relative_error

@@ -48,11 +48,11 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..graph import Cut
-from ..layers import columns_of
+from ..linalg.blocks import columns_of
 from ..linalg import group_lasso, group_lasso_keep, group_lasso_path_order, lambda_max
 from ..observe import GramStatistic
 from .base import Decision, Method, Widths, check_keep, units_to_keep
-from .regression import bias_shifts, live_units, refit, regressions, relative_error, split, stacked
+from .regression import fitted_decision, live_units, refitted_decision, regressions, split, stacked
 from .warm_start import WarmStarts
 
 SOLVERS = ("fista", "altmin")
@@ -129,7 +129,7 @@ class GroupLasso(Method):
                 spare = torch.ones(width, dtype=torch.bool)
                 spare[kept.cpu()] = False
                 kept = torch.sort(torch.cat([kept.cpu(), torch.nonzero(spare).flatten()[:wanted - len(kept)]])).values
-            return self._refitted(problems, kept.to(torch.int64), consumers, details)
+            return refitted_decision(problems, kept.to(torch.int64), consumers, details)
         gram, cross, energy, groups = stacked(problems, width)
         if self.lam is not None:
             lam = self.fraction(cut) * lambda_max(cross, groups)
@@ -150,10 +150,10 @@ class GroupLasso(Method):
             kept = torch.argmax(_unit_norms(cross, groups, width)).reshape(1)
         if self.debias:
             del result  # its (out, d) solution is not needed by the refit
-            return self._refitted(problems, kept, consumers, details)
+            return refitted_decision(problems, kept, consumers, details)
         blocks = split(result.M, problems)
         weights = [block[:, columns_of(kept, p.group)] for block, p in zip(blocks, problems)]
-        return _decision(problems, kept, weights, consumers, details)
+        return fitted_decision(problems, kept, weights, consumers, details)
 
     def order(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
               producers: list[nn.Module]) -> torch.Tensor:
@@ -168,9 +168,6 @@ class GroupLasso(Method):
     def refits(self) -> bool:
         return self.debias
 
-    def _refitted(self, problems, kept, consumers, details) -> Decision:
-        kept = kept.to(problems[0].gram.device)
-        return _decision(problems, kept, [refit(p, kept) for p in problems], consumers, details)
 
 
 def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
@@ -179,13 +176,3 @@ def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
     if isinstance(groups, int):
         return squares.reshape(width, groups).sum(dim=1).sqrt()
     return torch.zeros(width, dtype=squares.dtype).index_add_(0, groups.cpu(), squares.cpu()).sqrt()
-
-
-def _decision(problems, kept, weights, consumers, details) -> Decision:
-    return Decision(
-        kept=kept.to(torch.int64).cpu(),
-        consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
-        error=relative_error(problems, kept, weights),
-        bias_shifts=bias_shifts(problems, kept, weights),
-        details=details,
-    )

@@ -35,7 +35,7 @@ from ..graph import Cut
 from ..linalg.elimination import DAMPING, elimination_order
 from ..observe import GramStatistic
 from .base import Decision, Method, check_keep, units_to_keep
-from .regression import bias_shifts, refit, regressions, relative_error
+from .regression import refitted_decision, regressions
 
 
 class StructuredOBS(Method):
@@ -75,16 +75,9 @@ class StructuredOBS(Method):
     def decide(self, cut: Cut, statistic: GramStatistic, consumers: list[nn.Module],
                producers: list[nn.Module]) -> Decision:
         problems = regressions(cut, statistic, consumers)
-        device = problems[0].gram.device
-        kept = torch.sort(self._order(cut, problems)[:units_to_keep(self.keep, cut)]).values.to(device)
-        weights = [refit(p, kept) for p in problems]
-        return Decision(
-            kept=kept.cpu(),
-            consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
-            error=relative_error(problems, kept, weights),
-            bias_shifts=bias_shifts(problems, kept, weights),
-            details={"weighted": all(path in self.sensitivities for path in cut.consumers)},
-        )
+        kept = torch.sort(self._order(cut, problems)[:units_to_keep(self.keep, cut)]).values
+        return refitted_decision(problems, kept, consumers,
+                                 {"weighted": all(path in self.sensitivities for path in cut.consumers)})
 
     def _order(self, cut: Cut, problems) -> torch.Tensor:
         weights = [self.sensitivities.get(path) for path in cut.consumers]

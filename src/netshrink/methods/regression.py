@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from ..graph import Cut
-from ..layers import columns_of, weight_matrix
+from ..layers import weight_matrix
 from ..linalg import lstsq_from_gram_block
-from ..linalg.blocks import inner, row_spans, submatrix
+from ..linalg.blocks import columns_of, inner, row_spans, submatrix
 from ..observe import GramStatistic
+from .base import Decision
 
 
 #: a unit whose variance is below this fraction of its second moment is constant
@@ -179,6 +180,26 @@ def bias_shifts(problems: list[Regression], kept: torch.Tensor,
                 weights: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
     """The intercept of every consumer's new weights (None for a consumer without a bias)."""
     return tuple(p.bias_shift(columns_of(kept, p.group), m) for p, m in zip(problems, weights))
+
+
+def fitted_decision(problems: list[Regression], kept: torch.Tensor, weights: list[torch.Tensor],
+                    consumers: list[nn.Module], details: dict | None = None) -> Decision:
+    """The decision to keep ``kept`` with the consumers' new ``weights`` (one ``(out_i, |S|·s_i)``
+    per consumer, their intercepts as bias shifts) and its relative error."""
+    return Decision(
+        kept=kept.to(torch.int64).cpu(),
+        consumer_weights=tuple(w.to(layer.weight.dtype) for w, layer in zip(weights, consumers)),
+        error=relative_error(problems, kept, weights),
+        bias_shifts=bias_shifts(problems, kept, weights),
+        details=details or {},
+    )
+
+
+def refitted_decision(problems: list[Regression], kept: torch.Tensor, consumers: list[nn.Module],
+                      details: dict | None = None) -> Decision:
+    """:func:`fitted_decision` with the least-squares refit of every consumer on ``kept``."""
+    kept = kept.to(problems[0].gram.device)
+    return fitted_decision(problems, kept, [refit(p, kept) for p in problems], consumers, details)
 
 
 def live_units(problems: list[Regression], width: int) -> torch.Tensor:
