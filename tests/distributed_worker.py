@@ -174,12 +174,21 @@ def main() -> None:
                             timeout=datetime.timedelta(seconds=timeout))
     if scenario == "stalls":
         torch.save(_lose_last_rank(rank, world, stall=20.0), os.path.join(out, f"stalls{rank}.pt"))
-        return  # a broken group cannot be torn down collectively
+        _leave_broken_group()
     torch.save(cases(rank), os.path.join(out, f"cases{rank}.pt"))
     if world == 3:
         torch.save(errors(rank, world), os.path.join(out, f"errors{rank}.pt"))
-    else:
-        dist.destroy_process_group()
+        _leave_broken_group()
+    dist.destroy_process_group()
+
+
+def _leave_broken_group() -> None:
+    """Exit without tearing down a group that lost a rank: it cannot be torn down
+    collectively, and its gloo threads sometimes abort the interpreter's normal exit
+    ("terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
