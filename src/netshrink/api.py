@@ -337,12 +337,9 @@ def compress(
 
     def attempt(method_options, folder=None, sensitivities=None):
         shrunk = copy.deepcopy(model)
-        strategy = _strategy(method, method_options)
+        strategy = _prepared(method, method_options, model, cuts, sensitivities)
         if chaining != "parallel":  # in a process group rank 0 decides (parallel: the ranks share the cuts)
             strategy = distributed.decided_once(strategy)
-        strategy.prepare(model, cuts)
-        if sensitivities is not None:
-            strategy.weigh(sensitivities)
         residency = None if folder is None else functools.partial(Residency, onload, Path(folder))
         return shrunk, run_schedule(shrunk, cuts, data, strategy, chaining=chaining, progress=progress,
                                     cache=cache, onload=residency)
@@ -404,8 +401,7 @@ class _Pricing:
     def plan(self, budget):
         check_reachable(self._cost(budget), budget.fraction * self._cost(budget).total)
         if self._knobs is None:
-            planner = _strategy(self.method, {**self.options, "keep": 1.0})
-            planner.prepare(self.model, self.cuts)
+            planner = _prepared(self.method, {**self.options, "keep": 1.0}, self.model, self.cuts)
             self._knobs, self._sensitivities = loss_curves(
                 self.model, self.cuts, self.data, planner, output_loss=self.output_loss or "auto",
                 lowrank=self.lowrank, progress=self.progress)
@@ -419,9 +415,12 @@ class _Pricing:
         """Allocate ``budget``, remove the units (``attempt`` runs the method's schedule at
         the widths), factorise the layers whose ranks pay, and report; a latency budget
         is met as measured (:mod:`netshrink.budget.measured`)."""
+        def weighed(options):  # the units kept by the loss the widths were allocated by
+            return attempt(options, sensitivities=self._sensitivities)
+
         if budget.kind != "latency":
             chosen = self.plan(budget)
-            result, _ = self._built(chosen, budget, attempt, self.chaining, every, skipped, coupling, layer)
+            result, _ = self._built(chosen, budget, weighed, self.chaining, every, skipped, coupling, layer)
             result.budget = {**chosen.report(),
                              "achieved": achieved(budget, self.model, result.model, self.example, chosen.costs)}
             return result
@@ -431,7 +430,7 @@ class _Pricing:
 
         chosen, (result, kept), best, rounds = meet_measured(
             budget.fraction, smallest_fraction(self._cost(budget)), lambda aim: self.plan(Budget(budget.kind, aim)),
-            stand_in, lambda plan: self._built(plan, budget, attempt, self.chaining, every, skipped, coupling, layer),
+            stand_in, lambda plan: self._built(plan, budget, weighed, self.chaining, every, skipped, coupling, layer),
             lambda built: self._measured(built[0].model))
         result.budget = {**chosen.report(), "target": budget.fraction, "achieved": best.fraction,
                          "measured_ms": best.measured.compressed_ms, "original_ms": best.measured.original_ms,
@@ -440,10 +439,9 @@ class _Pricing:
                          "rounds": [r.report() for r in rounds]}
         return result
 
-    def _shaped(self, options, sensitivities=None):
+    def _shaped(self, options):
         """A model with the widths ``options["keep"]`` and none of the method's solves
-        (random units, no refit, so no ``sensitivities`` to weigh them by): what a latency
-        measurement needs of a plan."""
+        (random units, no refit): what a latency measurement needs of a plan."""
         shrunk = copy.deepcopy(self.model)
         strategy = make_method("random", keep=options["keep"], refit=False)
         strategy.prepare(self.model, self.cuts)
@@ -470,7 +468,7 @@ class _Pricing:
         orders the factorisations), and the widths it kept (rank knobs included)."""
         widths = Widths({name: level for name, level in chosen.widths.items() if ranks.layer_of(name) is None})
         if _strategy(self.method, {**self.options, "keep": 1.0}).removes_units:
-            shrunk, decisions = attempt({**self.options, "keep": widths}, sensitivities=self._sensitivities)
+            shrunk, decisions = attempt({**self.options, "keep": widths})
         else:
             shrunk, decisions = copy.deepcopy(self.model), []
         full = chosen.costs.full
@@ -627,13 +625,7 @@ def sweep(
         chosen = _budget_cuts(cuts, value if name == "keep" else None, layers, layer)
 
         def attempt(method_options, chosen=chosen, sensitivities=None):
-            strategy = _strategy(method, method_options)
-            if warm is not None and hasattr(strategy, "warm_starts"):
-                strategy.warm_starts = warm
-            strategy.prepare(model, chosen)
-            if sensitivities is not None:
-                strategy.weigh(sensitivities)
-            return shared.compress(chosen, strategy)
+            return shared.compress(chosen, _prepared(method, method_options, model, chosen, sensitivities, warm))
 
         if name in BUDGET_KINDS:
             results[index] = pricing.realize(Budget(name, float(value)), attempt, every, skipped, coupling, layer)
@@ -867,6 +859,19 @@ def _strategy(method, options: dict) -> Method:
     if given:
         raise InvalidInputError(f"a Method object carries its own options; got {given} beside it")
     return method
+
+
+def _prepared(method, options: dict, model: nn.Module, cuts, sensitivities=None, warm_starts=None) -> Method:
+    """:func:`_strategy`'s method prepared for ``cuts`` of ``model``: starting its solves
+    from ``warm_starts`` where it can, and weighed by a budget's output ``sensitivities``
+    (``{consumer path: G}``) when they are given and it has :meth:`Method.weigh`."""
+    strategy = _strategy(method, options)
+    if warm_starts is not None and hasattr(strategy, "warm_starts"):
+        strategy.warm_starts = warm_starts
+    strategy.prepare(model, cuts)
+    if sensitivities is not None and hasattr(strategy, "weigh"):
+        strategy.weigh(sensitivities)
+    return strategy
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
