@@ -69,3 +69,21 @@ def test_existing_folder_is_refused_before_any_work(quick_run):
     out, _ = quick_run
     with pytest.raises(OutputExistsError):
         budgets.run(out, quick=True)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["reproduce", "robin", "--goals"], "drop it to reproduce robin"),
+    (["reproduce", "budgets", "--goals", "--quick"], "give one"),
+])
+def test_goals_flag_refused_where_it_means_nothing(argv, named, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_goals_flag_runs_the_goal_settings(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(budgets, "run", lambda out, **given: seen.update(given) or "summary")
+    assert main(["reproduce", "budgets", "--goals", "--out", str(tmp_path / "out")]) == 0
+    assert seen["settings"] is budgets.GOALS and not seen["quick"]
+    assert budgets.GOALS.minilm and {network for network, *_ in budgets.QUALITY_GOALS} <= set(budgets.GOALS.budgets)

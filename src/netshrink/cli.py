@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import NetshrinkError
+from .errors import InvalidInputError, NetshrinkError
 from .experiments.runtime import plain
 from .graph import COUPLINGS
 from .job import DEFAULT_HELD_OUT, DEFAULT_ZOO_CALIBRATION
@@ -173,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("study", choices=["damle", "robin", "shenouda", "minilm", "budgets"],
                            help="which study: a seed document, or minilm (a pretrained transformer)")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, for CI (< 3 minutes)")
+    reproduce.add_argument("--goals", action="store_true",
+                           help="budgets only: the quality goals' budgets alone, every scheme (about 100 minutes)")
     reproduce.add_argument("--out", type=Path, default=None, help="output folder (default: out/STUDY)")
     reproduce.add_argument("--force", action="store_true", help="replace an existing output folder")
     reproduce.set_defaults(run=_reproduce)
@@ -319,7 +321,15 @@ def _reproduce(args) -> int:
 
     study = {"damle": damle, "robin": robin, "shenouda": shenouda, "minilm": minilm, "budgets": budgets}[args.study]
     out = args.out if args.out is not None else Path("out") / args.study
-    summary = study.run(out, quick=args.quick, overwrite=args.force, progress=sys.stderr.isatty())
+    chosen = {}
+    if args.goals:
+        if args.study != "budgets":
+            raise InvalidInputError(f"--goals belongs to 'reproduce budgets' (its goals' budgets alone); "
+                                    f"drop it to reproduce {args.study}")
+        if args.quick:
+            raise InvalidInputError("--goals and --quick are two different runs of the budgets study; give one")
+        chosen = {"settings": budgets.GOALS}
+    summary = study.run(out, quick=args.quick, overwrite=args.force, progress=sys.stderr.isatty(), **chosen)
     print(summary)
     return 0
 

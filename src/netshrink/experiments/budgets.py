@@ -1,13 +1,14 @@
 """Budgets on real networks: the global allocation against the allocations it replaces.
 
-``netshrink reproduce budgets [--quick] [--out DIR]`` calls :func:`run`, which writes one
-folder, atomically (``run(out, settings=GOALS)``: the goals' budgets alone)::
+``netshrink reproduce budgets [--quick | --goals] [--out DIR]`` calls :func:`run`, which
+writes one folder, atomically (``--goals``, ``run(out, settings=GOALS)``: the goals' budgets
+alone)::
 
     NETWORK.png/.json  accuracy against parameters (and FLOPs) for every scheme
     rows.json          every compressed model: scheme, budget, parameters, FLOPs, accuracy
     int8.json          the global allocation with int8 weights on top: bytes and accuracy
     latency.json       latency budgets: measured batch-1 latency, the table's error, the rounds
-    minilm.json        MiniLM-L6 at half of its FFN and attention parameters (full run)
+    minilm.json        MiniLM-L6 at half of its FFN and attention parameters (full and goals runs)
     summary.md         the goals, the best size within each drop, paired standard errors
     run.json           settings, run times, versions
 
@@ -102,10 +103,11 @@ FULL = Settings(
     minilm=True,
     minilm_texts=(500, 300),
 )
-#: The goals' budgets alone, every scheme, no MiniLM: ``run(out, settings=GOALS)``.
+#: The goals' budgets alone, every scheme (MiniLM as in the full run, no latency budgets):
+#: ``netshrink reproduce budgets --goals``, ``run(out, settings=GOALS)``.
 GOALS = Settings(budgets={"lenet300": (("size", 0.3),), "lenet5": (("size", 0.2),), "mlp7": (("size", 0.04),),
                           "vgg-fmnist": (("size", 0.3), ("flops", 0.4))},
-                 int8={"mlp7": (0.06,)})
+                 int8={"mlp7": (0.06,)}, minilm=True, minilm_texts=FULL.minilm_texts)
 QUICK = Settings(budgets={"lenet300": (("size", 0.25), ("size", 0.35))}, int8={"lenet300": (0.3,)},
                  latency={"lenet300": (0.8,)}, bisection_steps=5)
 
