@@ -489,12 +489,14 @@ def _draw(data: dict):
         drops = [d for c in data["curves"] for d in c["drop_pt"]] or [1.0]
         top = min(max(drops) * 1.05 + 0.1, 6)
         axis.set_ylim(min(-0.3, min(drops) - 0.2), top)
-        for curve in data["curves"]:  # points above the shown range: their value at the top edge
+        stacked = {}  # points above the shown range: their value at the top edge, one under another
+        for curve in data["curves"]:
             color = STYLES[curve["scheme"]][0]
             for x, drop in zip(curve[measure], curve["drop_pt"]):
                 if drop > top:
-                    axis.annotate(f"↑{drop:.0f}", (100 * x, top), xytext=(0, -10), textcoords="offset points",
-                                  ha="center", fontsize=7, color=color)
+                    below = stacked[round(100 * x)] = stacked.get(round(100 * x), -1) + 1
+                    axis.annotate(f"↑{drop:.0f}", (100 * x, top), xytext=(0, -10 - 9 * below),
+                                  textcoords="offset points", ha="center", fontsize=7, color=color)
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     figure.suptitle("Fashion-MNIST (stands in for the seeds' MNIST/ImageNet, not reachable here); "
