@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="which study: a seed document, or minilm (a pretrained transformer)")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, for CI (< 3 minutes)")
     reproduce.add_argument("--goals", action="store_true",
-                           help="budgets only: the quality goals' budgets alone, every scheme (about 100 minutes)")
+                           help="budgets only: the quality goals' budgets alone, every scheme (about 25 minutes)")
     reproduce.add_argument("--out", type=Path, default=None, help="output folder (default: out/STUDY)")
     reproduce.add_argument("--force", action="store_true", help="replace an existing output folder")
     reproduce.set_defaults(run=_reproduce)
