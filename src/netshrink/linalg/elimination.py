@@ -17,8 +17,8 @@ rows), removing unit ``g`` raises it by the block-inverse identity
 and afterwards, with ``K = P_:g P_gg⁻¹``, ``P ← P − K P_g:`` and ``B ← B − K B_g`` (the
 Schur complement: the inverse and the refit on ``S ∖ {g}``). Each step removes the unit
 with the least ``ΔL`` summed over the cut's consumers: the exact greedy choice, for
-``O(d²·s + d·s·out)`` a step instead of one refit per candidate. ``B G`` is carried along
-(``BG ← BG − K (BG)_g``), so ``G`` is applied once.
+``O(d²·s + d·s·out)`` a step instead of one refit per candidate. For a ``G`` other than the
+identity ``B G`` is carried along (``BG ← BG − K (BG)_g``), so ``G`` is applied once.
 
 Damping: the selection runs on ``Γ + δ·mean(diag Γ)·I`` (``δ = 10⁻³`` by default;
 OBS-type pruners use 10⁻²). Without it, nearly dependent units look indispensable in
@@ -91,7 +91,8 @@ def _per_step(left: int) -> int:
 
 
 class _State:
-    """``P``, ``B`` and ``B G`` of one consumer on the units still stored."""
+    """``P``, ``B`` and ``B G`` of one consumer on the units still stored (``B G`` is kept
+    only for a ``G`` other than the identity)."""
 
     def __init__(self, gram: torch.Tensor, cross: torch.Tensor, s: int, weight: torch.Tensor | None,
                  damping: float):
@@ -103,9 +104,8 @@ class _State:
         factor = ridged_cholesky(damped)
         self.inverse = torch.cholesky_inverse(factor)
         self.coefficients = self.inverse @ cross.to(torch.float64)
-        if weight is None:
-            self.weighted = self.coefficients.clone()
-        else:
+        self.weighted = None  # B G, for a G other than the identity
+        if weight is not None:
             weight = weight.to(self.coefficients)
             self.weighted = self.coefficients @ weight if weight.ndim == 2 else self.coefficients * weight
 
@@ -113,12 +113,13 @@ class _State:
         """``(stored,)``: ``ΔL_g`` for every stored unit (removed ones: 0)."""
         s = self.s
         stored = self.inverse.shape[0] // s
+        weighted = self.coefficients if self.weighted is None else self.weighted
         if s == 1:
-            return (self.coefficients * self.weighted).sum(dim=1) / self.inverse.diagonal()
+            return (self.coefficients * weighted).sum(dim=1) / self.inverse.diagonal()
         index = torch.arange(stored, device=self.inverse.device)
         blocks = self.inverse.view(stored, s, stored, s)[index, :, index, :]  # (stored, s, s)
         solved = torch.linalg.solve(blocks, self.coefficients.view(stored, s, -1))
-        return (solved * self.weighted.view(stored, s, -1)).sum(dim=(1, 2))
+        return (solved * weighted.view(stored, s, -1)).sum(dim=(1, 2))
 
     def eliminate(self, units: torch.Tensor) -> None:
         """Downdate to the refit without ``units`` (stored indices); their rows and
@@ -127,16 +128,18 @@ class _State:
         rows = self.inverse[columns, :].clone()  # P_R:
         gain = torch.linalg.solve(rows[:, columns], rows).T  # K = P_:R P_RR⁻¹, (d, |R|·s)
         self.coefficients -= gain @ self.coefficients[columns]
-        self.weighted -= gain @ self.weighted[columns]
         self.inverse -= gain @ rows
         self.inverse[columns, :] = 0
         self.inverse[:, columns] = 0
         self.inverse[columns, columns] = 1
         self.coefficients[columns] = 0
-        self.weighted[columns] = 0
+        if self.weighted is not None:
+            self.weighted -= gain @ self.weighted[columns]
+            self.weighted[columns] = 0
 
     def select(self, units: torch.Tensor) -> None:
         columns = columns_of(units, self.s)
         self.inverse = self.inverse[columns][:, columns]
         self.coefficients = self.coefficients[columns]
-        self.weighted = self.weighted[columns]
+        if self.weighted is not None:
+            self.weighted = self.weighted[columns]
