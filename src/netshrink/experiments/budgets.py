@@ -72,6 +72,8 @@ STYLES = {"global": ("C0", "o", "-"), "global_units": ("C9", "D", "-"), "obs": (
           "flap": ("C2", "v", "-.")}
 #: netshrink's own schemes: the method each one allocates a budget for.
 GLOBAL = {"global": "group_lasso", "global_units": "group_lasso", "obs": "obs", "obs_units": "obs"}
+#: The schemes among them that add low rank (and, on an MLP, input sampling) to the units.
+STAGED = ("global", "obs")
 #: Quality goals: (network, budget kind, largest fraction, largest accuracy drop in points).
 QUALITY_GOALS = (("lenet300", "size", 0.30, 0.3), ("lenet5", "size", 0.20, 0.5), ("mlp7", "size", 0.04, 0.5),
          ("vgg-fmnist", "size", 0.30, 0.5), ("vgg-fmnist", "flops", 0.40, 0.5))
@@ -289,7 +291,7 @@ def _compressed(scheme: str, kind: str, fraction: float, net: _Net, runner: _Run
 
     model, data = net.model, runner.calibration
     if scheme in GLOBAL:
-        stages = {"lowrank": True, "sample_inputs": net.sample_inputs} if scheme in ("global", "obs") else {}
+        stages = {"lowrank": True, "sample_inputs": net.sample_inputs} if scheme in STAGED else {}
         result = netshrink.compress(model, data, GLOBAL[scheme], **{kind: fraction}, **stages, **extra)
         details = {"widths": result.budget["widths"], "estimated_loss": result.budget["estimated_loss"]}
         if kind == "latency":
@@ -414,7 +416,7 @@ def _minilm(settings: Settings, journal: Journal, done: dict, log) -> dict:
             continue
         start = time.perf_counter()
         if scheme in GLOBAL:
-            stages = {"lowrank": True} if scheme in ("global", "obs") else {}
+            stages = {"lowrank": True} if scheme in STAGED else {}
             compressed = netshrink.compress(model, data, GLOBAL[scheme], size=fraction, **stages).model
         elif scheme == "same_keep":
             keep = _largest_keep(cuts, costs, fraction)
@@ -522,14 +524,10 @@ def _summary(settings, mode, runner, rows, int8, latency, minilm, seconds) -> st
         mine = [r for r in rows if r["network"] == network and not r["extra"]]
         if not mine:
             continue
-        cells = []
-        for scheme in SCHEMES:
-            best = _best_within([r for r in mine if r["scheme"] == scheme], kind, drop)
-            measure = "params_ratio" if kind == "size" else "flops_ratio"
-            cells.append(f"{scheme} {_pct(best[measure]) if best else '—'}")
         measure = "params_ratio" if kind == "size" else "flops_ratio"
-        best = min((r for r in (_best_within([r for r in mine if r["scheme"] == scheme], kind, drop)
-                                for scheme in GLOBAL) if r is not None),
+        best_of = {scheme: _best_within([r for r in mine if r["scheme"] == scheme], kind, drop) for scheme in SCHEMES}
+        cells = [f"{scheme} {_pct(best[measure]) if best else '—'}" for scheme, best in best_of.items()]
+        best = min((best_of[scheme] for scheme in GLOBAL if best_of[scheme] is not None),
                    key=lambda r: (r[measure], r["drop_pt"]), default=None)
         verdict = "—" if best is None else (f"{best['scheme']} {_pct(best[measure])} ({best['drop_pt']:+.2f} pt): "
                                             f"{'met' if best[measure] <= fraction + 1e-9 else 'missed'}")

@@ -169,7 +169,6 @@ class GroupLasso(Method):
         return self.debias
 
 
-
 def _unit_norms(cross: torch.Tensor, groups, width: int) -> torch.Tensor:
     """``‖cross[g, :]‖_F`` per unit ``(width,)``; ``groups`` an int group size or labels."""
     squares = (cross**2).sum(dim=1)
